@@ -1,0 +1,40 @@
+"""Meta: liveness, readiness and the problem-type pages."""
+
+from __future__ import annotations
+
+import asyncio
+
+from connexion.lifecycle import ConnexionResponse
+
+from kiln import hal
+from kiln.operations import current_app
+from kiln.problems import CATALOGUE, Problem
+
+
+async def get_health() -> ConnexionResponse:
+    return hal.document({"status": "ok"})
+
+
+async def get_readiness() -> ConnexionResponse:
+    try:
+        await asyncio.wait_for(current_app().db.ping(), timeout=3)
+    except Exception as exc:
+        raise Problem(
+            "service_unavailable",
+            f"The database does not answer ({type(exc).__name__}).",
+            headers={"Retry-After": "5"},
+        ) from exc
+    return hal.document({"status": "ok"})
+
+
+async def get_problem_type(code: str) -> ConnexionResponse:
+    problem = CATALOGUE[code]
+    return hal.document(
+        {
+            "code": problem.code,
+            "title": problem.title,
+            "status": problem.status,
+            "description": problem.description,
+            "_links": {"self": hal.link(problem.type_uri)},
+        }
+    )

@@ -1,0 +1,128 @@
+"""Tokens: the caller's personal capability tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from connexion.lifecycle import ConnexionResponse
+from sqlmodel import col, delete, select
+
+from kiln import access, hal
+from kiln.accounts import issue_token
+from kiln.auth import Principal, current_principal
+from kiln.credentials import expand_scopes
+from kiln.db import session, utcnow
+from kiln.pagination import paginate
+from kiln.problems import FieldError, Problem, not_found, validation_failed
+from models import Token
+
+
+def represent_token(token: Token) -> hal.Body:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "scopes": token.scopes.split(),
+        "namespace_id": token.namespace_id,
+        "expires_at": token.expires_at,
+        "last_used_at": token.last_used_at,
+        "created_at": token.created_at,
+        "_links": {"self": hal.link(f"/api/v1/tokens/{token.id}")},
+    }
+
+
+def _token_manager() -> Principal:
+    """Tokens are managed with credentials that are not narrowed to a namespace."""
+    principal = current_principal()
+    if principal.is_narrowed:
+        raise Problem(
+            "token_narrowed",
+            f"This token is narrowed to namespace {principal.namespace_id}; "
+            "use your password or an unnarrowed token.",
+        )
+    return principal
+
+
+async def _own_token(principal: Principal, token_id: int) -> Token:
+    token = (
+        await session().exec(
+            select(Token).where(Token.id == token_id, Token.user_id == principal.user_id)
+        )
+    ).one_or_none()
+    if token is None:
+        raise not_found("Token", token_id)
+    return token
+
+
+async def list_tokens(limit: int = 25, after: str | None = None) -> ConnexionResponse:
+    principal = _token_manager()
+    page = await paginate(
+        select(Token).where(Token.user_id == principal.user_id),
+        Token.id,
+        limit=limit,
+        after=after,
+    )
+    return hal.collection("tokens", [represent_token(t) for t in page.rows], page.links)
+
+
+async def create_token(body: dict[str, Any]) -> ConnexionResponse:
+    principal = _token_manager()
+    scopes = expand_scopes(body["scopes"])
+    beyond = [s for s in scopes if s not in principal.scopes]
+    if beyond:
+        raise Problem("scope_escalation", f"Your credentials do not hold {', '.join(beyond)}.")
+    namespace_id = body.get("namespace_id")
+    if namespace_id is not None:
+        await access.find_readable(principal, namespace_id)
+    expires_at = _future_timestamp(body.get("expires_at"), "/expires_at")
+    assert principal.user_id is not None
+    token, secret = await issue_token(
+        principal.user_id,
+        name=body["name"],
+        scopes=scopes,
+        namespace_id=namespace_id,
+        expires_at=expires_at,
+    )
+    return hal.created({**represent_token(token), "token": secret})
+
+
+async def get_token(id: int) -> ConnexionResponse:
+    token = await _own_token(_token_manager(), id)
+    return hal.resource(represent_token(token))
+
+
+async def update_token(id: int, body: dict[str, Any]) -> ConnexionResponse:
+    token = await _own_token(_token_manager(), id)
+    hal.require_unchanged(represent_token(token))
+    if "name" in body:
+        token.name = body["name"]
+    if "scopes" in body:
+        scopes = expand_scopes(body["scopes"])
+        wider = [s for s in scopes if s not in token.scope_set]
+        if wider:
+            raise Problem(
+                "scope_widening", f"A token's scopes can only shrink; {', '.join(wider)} is new."
+            )
+        token.scopes = " ".join(scopes)
+    await session().flush()
+    return hal.resource(represent_token(token))
+
+
+async def revoke_token(id: int) -> ConnexionResponse:
+    token = await _own_token(_token_manager(), id)
+    hal.require_unchanged(represent_token(token))
+    await session().exec(delete(Token).where(col(Token.id) == token.id))
+    return hal.no_content()
+
+
+def _future_timestamp(value: str | None, pointer: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    error = FieldError("out_of_range", "expires_at must be a time in the future.", pointer=pointer)
+    try:
+        moment = dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise validation_failed([error]) from None
+    if moment <= utcnow():
+        raise validation_failed([error])
+    return moment.replace(microsecond=0)

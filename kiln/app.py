@@ -1,0 +1,85 @@
+"""The app factory: connexion bound to the contract, wrapped in Kiln's conventions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from connexion import AsyncApp
+from connexion.middleware.context import ContextMiddleware
+from connexion.middleware.exceptions import ExceptionMiddleware
+from connexion.middleware.lifespan import LifespanMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.server_error import ServerErrorMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from connexion.options import SwaggerUIOptions
+from starlette.types import Receive, Scope, Send
+
+from kiln import errors, spec
+from kiln.auth import SECURITY_MAP, KilnSecurityMiddleware
+from kiln.body_limit import BodyLimitMiddleware
+from kiln.config import Settings
+from kiln.db import Database
+from kiln.https import HttpsOnlyMiddleware
+from kiln.negotiation import AcceptMiddleware
+from kiln.operations import UnitOfWorkResolver
+from kiln.ratelimit import RateLimitMiddleware, RateLimits
+from kiln.request_log import RequestLogMiddleware
+from kiln.validation import VALIDATOR_MAP
+
+
+class Kiln:
+    """The ASGI application, and the services every operation shares."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url)
+        self.limits = RateLimits(settings)
+        self.api = AsyncApp(
+            __name__,
+            specification_dir=spec.SPEC_PATH.parent,
+            middlewares=[
+                partial(ServerErrorMiddleware, handler=errors.on_unexpected),
+                ExceptionMiddleware,
+                SwaggerUIMiddleware,
+                RoutingMiddleware,
+                partial(BodyLimitMiddleware, limit=settings.max_json_body),
+                AcceptMiddleware,
+                KilnSecurityMiddleware,
+                RequestValidationMiddleware,
+                ResponseValidationMiddleware,
+                LifespanMiddleware,
+                ContextMiddleware,
+            ],
+            lifespan=self._lifespan,
+            resolver=UnitOfWorkResolver(),
+            strict_validation=True,
+            validate_responses=settings.validate_responses,
+            validator_map=VALIDATOR_MAP,
+            security_map=SECURITY_MAP,
+            swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
+        )
+        self.api.add_api(spec.SPEC_PATH.name)
+        errors.install(self.api)
+        self._asgi = RequestLogMiddleware(
+            HttpsOnlyMiddleware(RateLimitMiddleware(self.api, self.limits))
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["kiln.app"] = self
+        await self._asgi(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.db.dispose()
+
+
+def create_app(settings: Settings | None = None) -> Kiln:
+    return Kiln(settings or Settings())

@@ -1,0 +1,205 @@
+"""Who is calling, and may they: credentials checked once, scopes enforced by connexion.
+
+Bearer tokens and Basic credentials (password or token) both carry scopes, so one
+connexion security handler (registered for the `oauth2` scheme) authenticates
+either and checks the operation's scope. The `basic` scheme in the spec documents
+that Basic is accepted; its own handler defers to the `oauth2` one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from connexion.lifecycle import ConnexionRequest
+from connexion.middleware.security import SecurityAPI, SecurityMiddleware
+from connexion.security import NO_VALUE, AbstractSecurityHandler, SecurityHandlerFactory
+from sqlmodel import col, select, update
+
+from kiln import spec
+from kiln.asgi import request_info
+from kiln.credentials import looks_like_token, token_hash, verify_password
+from kiln.db import utcnow
+from kiln.problems import Problem
+from kiln.ratelimit import client_address
+from models import Token, User
+
+if TYPE_CHECKING:
+    from kiln.app import Kiln
+
+REALM = 'Bearer realm="kiln"'
+LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int | None
+    username: str | None
+    scopes: frozenset[str]
+    token_id: int | None = None
+    namespace_id: int | None = None  # the namespace a narrowed token is limited to
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def is_narrowed(self) -> bool:
+        return self.namespace_id is not None
+
+
+ANONYMOUS = Principal(None, None, frozenset())
+
+
+def invalid_credentials(detail: str) -> Problem:
+    return Problem(
+        "invalid_credentials",
+        detail,
+        headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+    )
+
+
+def insufficient_scope(needed: str) -> Problem:
+    return Problem(
+        "insufficient_scope",
+        f"This operation needs the scope {needed}.",
+        headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{needed}"'},
+    )
+
+
+async def authenticate(kiln: Kiln, authorization: str, address: str) -> Principal:
+    scheme, _, value = authorization.strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer" and value:
+        return await _token_principal(kiln, value, username=None, address=address)
+    if scheme == "basic" and value:
+        try:
+            username, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise invalid_credentials("The Basic credentials are not valid base64 UTF-8.") from None
+        if looks_like_token(secret):
+            return await _token_principal(kiln, secret, username=username, address=address)
+        return await _password_principal(kiln, username, secret, address)
+    raise invalid_credentials("Send 'Authorization: Bearer <token>' or Basic credentials.")
+
+
+async def _token_principal(
+    kiln: Kiln, secret: str, *, username: str | None, address: str
+) -> Principal:
+    if not looks_like_token(secret):
+        await kiln.limits.check_password_attempt(address)
+        raise invalid_credentials("The token is malformed.")
+    async with kiln.db.transaction(write=False) as session:
+        row = (
+            await session.exec(
+                select(Token, User.username)
+                .join(User, col(User.id) == Token.user_id)
+                .where(Token.secret_hash == token_hash(secret))
+            )
+        ).one_or_none()
+    now = utcnow()
+    if row is None or (username is not None and row[1] != username):
+        await kiln.limits.check_password_attempt(address)
+        raise invalid_credentials("The token is unknown or revoked.")
+    token, owner = row
+    if token.expires_at is not None and token.expires_at <= now:
+        raise invalid_credentials("The token has expired.")
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_GRANULARITY:
+        async with kiln.db.transaction() as session:
+            await session.exec(
+                update(Token).where(col(Token.id) == token.id).values(last_used_at=now)
+            )
+    return Principal(
+        user_id=token.user_id,
+        username=owner,
+        scopes=token.scope_set,
+        token_id=token.id,
+        namespace_id=token.namespace_id,
+    )
+
+
+async def _password_principal(kiln: Kiln, username: str, password: str, address: str) -> Principal:
+    await kiln.limits.check_password_attempt("user:" + username, "addr:" + address)
+    async with kiln.db.transaction(write=False) as session:
+        user = (
+            await session.exec(select(User.id, User.password_hash).where(User.username == username))
+        ).one_or_none()
+    if user is None or user[1] is None:
+        raise invalid_credentials("Wrong user name or password.")
+    user_id, password_hash = user
+    # argon2 takes tens of milliseconds of CPU: keep it off the event loop.
+    if not await anyio.to_thread.run_sync(verify_password, password_hash, password):
+        raise invalid_credentials("Wrong user name or password.")
+    return Principal(user_id=user_id, username=username, scopes=spec.declared_scopes())
+
+
+def current_principal() -> Principal:
+    """The caller of the operation being served (ANONYMOUS when it sent no credentials)."""
+    from connexion.context import context
+
+    token_info = context.get("token_info") or {}
+    principal: Principal = token_info.get("principal", ANONYMOUS)
+    return principal
+
+
+class ScopedCredentialsHandler(AbstractSecurityHandler):  # type: ignore[misc]
+    """Security handler for the `oauth2` scheme: authenticates Bearer or Basic, checks scope."""
+
+    def get_fn(
+        self, security_scheme: dict[str, Any], required_scopes: list[str]
+    ) -> Callable[[ConnexionRequest], Any]:
+        needed = tuple(required_scopes)
+
+        async def verify(request: ConnexionRequest) -> Any:
+            authorization = request.headers.get("authorization")
+            if not authorization:
+                return NO_VALUE
+            kiln: Kiln = request.scope["kiln.app"]
+            principal = await authenticate(kiln, authorization, client_address(request.scope))
+            request_info(request.scope).user_id = principal.user_id
+            for scope in needed:
+                if scope not in principal.scopes:
+                    raise insufficient_scope(scope)
+            return {"sub": principal.user_id, "principal": principal}
+
+        return verify
+
+
+class DeferToScopedHandler(AbstractSecurityHandler):  # type: ignore[misc]
+    """Security handler for the `basic` scheme: ScopedCredentialsHandler already checked it."""
+
+    def get_fn(
+        self, security_scheme: dict[str, Any], required_scopes: list[str]
+    ) -> Callable[[ConnexionRequest], Any]:
+        return lambda request: NO_VALUE
+
+
+SECURITY_MAP = {"oauth2": ScopedCredentialsHandler, "basic": DeferToScopedHandler}
+
+
+class _SecurityHandlerFactory(SecurityHandlerFactory):  # type: ignore[misc]
+    @staticmethod
+    def verify_none(request: ConnexionRequest) -> Any:
+        # Anonymous access is for requests without credentials: credentials that
+        # came are always judged, so a bad or under-scoped token never reads as anonymous.
+        return NO_VALUE if request.headers.get("authorization") else {}
+
+
+class _SecurityAPI(SecurityAPI):  # type: ignore[misc]
+    security_handler_factory: Any
+
+    def make_operation(self, operation: Any) -> Any:
+        if not isinstance(self.security_handler_factory, _SecurityHandlerFactory):
+            self.security_handler_factory = _SecurityHandlerFactory(
+                self.security_handler_factory.security_handlers
+            )
+        return super().make_operation(operation)
+
+
+class KilnSecurityMiddleware(SecurityMiddleware):  # type: ignore[misc]
+    api_cls = _SecurityAPI

@@ -1,0 +1,22 @@
+"""First start: an administrator and a token for it, printed once."""
+
+from __future__ import annotations
+
+from kiln import spec
+from kiln.accounts import count_users, create_user, issue_token
+from kiln.db import Database
+
+ADMIN = "admin"
+
+
+async def first_admin_token(db: Database) -> str | None:
+    """The new admin's token secret when the database had no users, else None."""
+    async with db.transaction():
+        if await count_users() > 0:
+            return None
+        admin = await create_user(ADMIN, admin=True)
+        assert admin.id is not None
+        _, secret = await issue_token(
+            admin.id, name="bootstrap", scopes=sorted(spec.declared_scopes())
+        )
+        return secret

@@ -1,0 +1,220 @@
+"""`kiln`: serve the API, and administer users and tokens offline."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from kiln import migrate
+from kiln.accounts import create_user, find_user, issue_token, parse_duration
+from kiln.bootstrap import ADMIN, first_admin_token
+from kiln.config import Settings
+from kiln.db import Database, utcnow
+
+app = typer.Typer(
+    help="Kiln: a CI service whose HTTP API is the product.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+users = typer.Typer(help="Manage users.", no_args_is_help=True)
+tokens = typer.Typer(help="Manage tokens.", no_args_is_help=True)
+app.add_typer(users, name="users")
+app.add_typer(tokens, name="tokens")
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Data directory (SQLite database, certificate). [env: KILN_DATA_DIR]"),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(help="postgresql+psycopg://... instead of SQLite. [env: KILN_DATABASE_URL]"),
+]
+
+
+def _settings(**given: Any) -> Settings:
+    """Flags win over KILN_* variables, which win over defaults."""
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _prepare(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    return Database(settings.resolved_database_url)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on. [env: KILN_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on. [env: KILN_PORT]")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM). [env: KILN_CERT]")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="TLS private key (PEM). [env: KILN_KEY]")] = None,
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls", help="Speak TLS; --no-tls only behind a TLS proxy. [env: KILN_TLS]"
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies whose X-Forwarded-Proto is trusted, comma-separated."
+            " [env: KILN_FORWARDED_ALLOW_IPS]"
+        ),
+    ] = None,
+    rate_limit_storage: Annotated[
+        str | None,
+        typer.Option(help="memory:// or redis://host:port. [env: KILN_RATE_LIMIT_STORAGE]"),
+    ] = None,
+    validate_responses: Annotated[
+        bool | None,
+        typer.Option(
+            help="Check every response against the contract. [env: KILN_VALIDATE_RESPONSES]"
+        ),
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+) -> None:
+    """Apply migrations and serve the API over HTTPS."""
+    from kiln.app import Kiln
+    from kiln.server import configure_logging, uvicorn_config
+
+    settings = _settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        database_url=database_url,
+        cert=cert,
+        key=key,
+        tls=tls,
+        forwarded_allow_ips=forwarded_allow_ips,
+        rate_limit_storage=rate_limit_storage,
+        validate_responses=validate_responses,
+        log_level=log_level,
+    )
+    configure_logging(settings.log_level)
+    db = _prepare(settings)
+    secret = asyncio.run(_first_start(db))
+    if secret is not None:
+        print(
+            f"Created the administrator {ADMIN!r}. Its token, shown this once:\n{secret}",
+            flush=True,
+        )
+    config = uvicorn_config(Kiln(settings), settings)
+    scheme = "https" if settings.tls else "http"
+    err.print(f"Kiln listening on {scheme}://{settings.host}:{settings.port} (docs at /docs)")
+    uvicorn.Server(config).run()
+
+
+async def _first_start(db: Database) -> str | None:
+    try:
+        return await first_admin_token(db)
+    finally:
+        await db.dispose()
+
+
+@users.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    admin: Annotated[bool, typer.Option(help="Make the user an administrator.")] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a user; the password is read from standard input."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            err.print("[red]The passwords differ.[/red]")
+            raise typer.Exit(1)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        err.print("[red]A password is required.[/red]")
+        raise typer.Exit(1)
+    db = _prepare(_settings(data_dir=data_dir, database_url=database_url))
+
+    async def run() -> None:
+        try:
+            async with db.transaction():
+                if await find_user(name) is not None:
+                    err.print(f"[red]The user {name!r} exists already.[/red]")
+                    raise typer.Exit(1)
+                await create_user(name, password=password, email=email, admin=admin)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    err.print(f"Created the user {name!r}.")
+
+
+@tokens.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option(help="The user the token acts for.")],
+    scope: Annotated[
+        list[str],
+        typer.Option(help="A scope such as build:read or build:read,write; repeat for more."),
+    ],
+    namespace: Annotated[
+        int | None, typer.Option(help="Narrow the token to this namespace id.")
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 30d, 12h or 15m.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "cli",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Mint a token and print only its secret on standard output."""
+    from kiln import spec
+    from kiln.credentials import expand_scopes
+
+    known = spec.declared_scopes()
+    unknown = [s for s in expand_scopes(scope) if s not in known]
+    if unknown:
+        err.print(f"[red]Unknown scopes: {', '.join(unknown)}[/red]")
+        raise typer.Exit(2)
+    try:
+        expires_at = utcnow() + parse_duration(expires_in) if expires_in else None
+    except ValueError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    db = _prepare(_settings(data_dir=data_dir, database_url=database_url))
+
+    async def run() -> str:
+        try:
+            async with db.transaction():
+                account = await find_user(user)
+                if account is None or account.id is None:
+                    err.print(f"[red]No user {user!r}.[/red]")
+                    raise typer.Exit(1)
+                _, secret = await issue_token(
+                    account.id,
+                    name=name,
+                    scopes=scope,
+                    namespace_id=namespace,
+                    expires_at=expires_at,
+                )
+                return secret
+        finally:
+            await db.dispose()
+
+    print(asyncio.run(run()))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+"""Server settings: flags, `KILN_*` environment variables, defaults, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    data_dir: Path = Path(".kiln")
+    database_url: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    tls: bool = True
+    forwarded_allow_ips: str = ""
+
+    rate_limit: str = "5000/hour"
+    anonymous_rate_limit: str = "600/hour"
+    password_rate_limit: str = "10/minute"  # noqa: S105 (a rate, not a password)
+    rate_limit_storage: str = "memory://"
+
+    max_json_body: int = 1024 * 1024
+    validate_responses: bool = False
+    log_level: str = "info"
+
+    @field_validator("data_dir", "cert", "key")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async URL the app uses: given, or SQLite in the data directory."""
+        if self.database_url:
+            return to_async_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'kiln.db').resolve()}"
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [ip.strip() for ip in self.forwarded_allow_ips.split(",") if ip.strip()]
+
+
+def to_async_url(url: str) -> str:
+    """SQLAlchemy URL with the async driver this project ships for its scheme."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    if url.startswith(("postgresql:", "postgres:")):
+        return "postgresql+psycopg:" + url.split(":", 1)[1]
+    return url
+
+
+def to_sync_url(url: str) -> str:
+    """The same database through a synchronous driver (for Alembic)."""
+    return url.replace("sqlite+aiosqlite:", "sqlite:")

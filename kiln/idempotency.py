@@ -1,0 +1,120 @@
+"""`Idempotency-Key` on creates: the first result is kept in the database and replayed.
+
+The key is claimed in a transaction of its own, so a concurrent request with the same
+key sees it in flight (409). The result is stored in the same transaction as the
+resource it describes, so either both exist or neither does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from connexion.lifecycle import ConnexionResponse
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, delete, select, update
+
+from kiln.db import Database, utcnow
+from kiln.hal import replay
+from kiln.problems import Problem
+from models import IdempotencyRecord
+
+RETENTION = dt.timedelta(hours=24)
+# A claim older than this belongs to a request that died with its process.
+ABANDONED = dt.timedelta(minutes=5)
+_KEPT_HEADERS = ("Location", "ETag")
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS) if body is not None else b""
+    return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
+
+
+async def run_once(
+    db: Database,
+    *,
+    user_id: int,
+    key: str,
+    request_fingerprint: str,
+    operation: Callable[[], Awaitable[ConnexionResponse]],
+) -> ConnexionResponse:
+    record_id, earlier = await _claim(db, user_id, key, request_fingerprint)
+    if earlier is not None:
+        return earlier
+    try:
+        async with db.transaction() as session:
+            response = await operation()
+            if 200 <= response.status_code < 300:
+                headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+                await session.exec(
+                    update(IdempotencyRecord)
+                    .where(col(IdempotencyRecord.id) == record_id)
+                    .values(
+                        status=response.status_code,
+                        headers=orjson.dumps(headers).decode(),
+                        body=response.body,
+                    )
+                )
+        return response
+    except BaseException:
+        # Nothing was done: free the key so the client can retry.
+        async with db.transaction() as session:
+            await session.exec(
+                delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id)
+            )
+        raise
+
+
+async def _claim(
+    db: Database, user_id: int, key: str, request_fingerprint: str
+) -> tuple[int, ConnexionResponse | None]:
+    now = utcnow()
+    try:
+        async with db.transaction() as session:
+            await session.exec(
+                delete(IdempotencyRecord).where(col(IdempotencyRecord.created_at) < now - RETENTION)
+            )
+            record = (
+                await session.exec(
+                    select(IdempotencyRecord).where(
+                        IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key
+                    )
+                )
+            ).one_or_none()
+            if record is None:
+                record = IdempotencyRecord(
+                    user_id=user_id, key=key, fingerprint=request_fingerprint
+                )
+                session.add(record)
+                await session.flush()
+                assert record.id is not None
+                return record.id, None
+            if record.fingerprint != request_fingerprint:
+                raise Problem(
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request.",
+                )
+            if record.status is not None:
+                assert record.id is not None
+                assert record.body is not None
+                assert record.headers is not None
+                return record.id, replay(record.body, orjson.loads(record.headers))
+            if now - record.created_at < ABANDONED:
+                raise Problem(
+                    "idempotency_in_flight",
+                    "A request with this Idempotency-Key is still running; retry later.",
+                    headers={"Retry-After": "1"},
+                )
+            record.created_at = now  # take over the abandoned claim
+            assert record.id is not None
+            return record.id, None
+    except IntegrityError:
+        # Another request claimed the key between our read and our insert.
+        raise Problem(
+            "idempotency_in_flight",
+            "A request with this Idempotency-Key is still running; retry later.",
+            headers={"Retry-After": "1"},
+        ) from None

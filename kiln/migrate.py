@@ -1,0 +1,25 @@
+"""Bring a database to the newest schema (Alembic, from the `migrations/` folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from kiln.config import to_sync_url
+
+_PACKAGED = Path(__file__).parent / "migrations"
+_SOURCE = Path(__file__).parent.parent / "migrations"
+MIGRATIONS = _PACKAGED if _PACKAGED.exists() else _SOURCE
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = to_sync_url(url)
+    return config
+
+
+def upgrade(url: str) -> None:
+    command.upgrade(alembic_config(url), "head")

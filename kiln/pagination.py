@@ -1,0 +1,76 @@
+"""Cursor pagination: pages stay fast at any depth because they seek, never OFFSET."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from connexion.context import scope as current_scope
+from sqlmodel import col
+from sqlmodel.sql.expression import Select, SelectOfScalar
+
+from kiln.db import session
+from kiln.hal import link
+from kiln.problems import Problem
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"id": last_id})).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        last_id = data["id"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise Problem("invalid_cursor", "The after cursor is not one this server issued.") from None
+    if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 <= last_id < 2**63:
+        raise Problem("invalid_cursor", "The after cursor is not one this server issued.")
+    return last_id
+
+
+@dataclass
+class Page:
+    rows: Sequence[Any]
+    links: dict[str, Any]
+
+
+async def paginate(
+    query: Select[*tuple[Any, ...]] | SelectOfScalar[Any],
+    key: Any,
+    *,
+    limit: int,
+    after: str | None,
+) -> Page:
+    """Rows of `query` after the cursor in `key` order, and the page's self/next links.
+
+    `key` is a unique, increasing integer column of the first entity the query
+    selects; rows are that entity, or tuples when the query selects more.
+    """
+    if after is not None:
+        query = query.where(col(key) > decode_cursor(after))
+    rows = list((await session().exec(query.order_by(key).limit(limit + 1))).all())
+    links: dict[str, Any] = {"self": link(_url())}
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1] if isinstance(query, SelectOfScalar) else rows[-1][0]
+        links["next"] = link(_url(after=encode_cursor(getattr(last, key.key))))
+    return Page(rows, links)
+
+
+def _url(**overrides: str) -> str:
+    path: str = current_scope["path"]
+    params = [
+        (k, v)
+        for k, v in parse_qsl(
+            current_scope["query_string"].decode("latin-1"), keep_blank_values=True
+        )
+        if k not in overrides
+    ]
+    params.extend(overrides.items())
+    return f"{path}?{urlencode(params)}" if params else path

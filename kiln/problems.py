@@ -1,0 +1,240 @@
+"""Every error Kiln answers with: RFC 9457 problem details with a stable `code`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class ProblemType:
+    code: str
+    status: int
+    title: str
+    description: str
+
+    @property
+    def type_uri(self) -> str:
+        return f"/problems/{self.code}"
+
+
+def _catalogue(*types: ProblemType) -> dict[str, ProblemType]:
+    return {t.code: t for t in types}
+
+
+CATALOGUE = _catalogue(
+    ProblemType(
+        "validation_failed",
+        400,
+        "Request failed validation",
+        "The request does not match the schema; `errors[]` lists every failing field.",
+    ),
+    ProblemType("malformed_json", 400, "Malformed JSON", "The request body is not parsable JSON."),
+    ProblemType(
+        "invalid_encoding", 400, "Invalid encoding", "The request body is not valid UTF-8."
+    ),
+    ProblemType(
+        "invalid_cursor",
+        400,
+        "Invalid cursor",
+        "The `after` cursor was not issued by this server for this listing.",
+    ),
+    ProblemType(
+        "unauthenticated",
+        401,
+        "Authentication required",
+        "The operation needs credentials and none came.",
+    ),
+    ProblemType(
+        "invalid_credentials",
+        401,
+        "Invalid credentials",
+        "The credentials are unknown, malformed, expired or revoked.",
+    ),
+    ProblemType(
+        "insufficient_scope",
+        403,
+        "Insufficient scope",
+        "The credentials are valid but lack the scope the operation needs.",
+    ),
+    ProblemType(
+        "permission_denied",
+        403,
+        "Permission denied",
+        "The caller can see the resource but may not do this to it.",
+    ),
+    ProblemType(
+        "token_narrowed",
+        403,
+        "Token narrowed to a namespace",
+        "A token narrowed to a namespace cannot manage tokens.",
+    ),
+    ProblemType(
+        "scope_escalation",
+        403,
+        "Scope escalation",
+        "A credential cannot grant scopes it does not hold.",
+    ),
+    ProblemType("https_required", 403, "HTTPS required", "Kiln answers only over HTTPS."),
+    ProblemType("not_found", 404, "Not found", "No such resource, or one the caller may not see."),
+    ProblemType(
+        "method_not_allowed",
+        405,
+        "Method not allowed",
+        "The path exists but not with this method; `Allow` lists those it takes.",
+    ),
+    ProblemType(
+        "not_acceptable",
+        406,
+        "Not acceptable",
+        "The operation cannot produce any media type the `Accept` header allows.",
+    ),
+    ProblemType("already_exists", 409, "Already exists", "A unique name or path is already taken."),
+    ProblemType(
+        "idempotency_in_flight",
+        409,
+        "Idempotent request in flight",
+        "A request with this `Idempotency-Key` is still running; retry later.",
+    ),
+    ProblemType(
+        "precondition_failed",
+        412,
+        "Precondition failed",
+        "`If-Match` does not match the resource's current `ETag`.",
+    ),
+    ProblemType(
+        "payload_too_large",
+        413,
+        "Payload too large",
+        "The request body is over the limit; nothing was stored.",
+    ),
+    ProblemType(
+        "unsupported_media_type",
+        415,
+        "Unsupported media type",
+        "The request body's `Content-Type` is not one the operation takes.",
+    ),
+    ProblemType(
+        "namespace_forbidden",
+        422,
+        "Namespace forbidden",
+        "The caller does not own or collaborate in the namespace it writes into.",
+    ),
+    ProblemType(
+        "namespace_too_deep", 422, "Namespace too deep", "Namespaces nest at most 20 deep."
+    ),
+    ProblemType(
+        "visibility_conflict",
+        422,
+        "Visibility conflict",
+        "A namespace cannot be more visible than its parent, nor less visible than its children.",
+    ),
+    ProblemType(
+        "scope_widening", 422, "Scope widening", "A token's scopes can be narrowed, never widened."
+    ),
+    ProblemType(
+        "idempotency_key_reused",
+        422,
+        "Idempotency key reused",
+        "This `Idempotency-Key` was used with a different request.",
+    ),
+    ProblemType(
+        "rate_limited",
+        429,
+        "Rate limited",
+        "Too many requests for this credential; wait `Retry-After` seconds.",
+    ),
+    ProblemType(
+        "internal_error",
+        500,
+        "Internal error",
+        "A bug in Kiln. The `request_id` finds it in the logs.",
+    ),
+    ProblemType(
+        "not_implemented", 501, "Not implemented", "This server does not provide the feature."
+    ),
+    ProblemType(
+        "service_unavailable",
+        503,
+        "Service unavailable",
+        "The database is unreachable or the server is shutting down; "
+        "retry after `Retry-After` seconds.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One failing field: a JSON pointer into the body, or a named parameter."""
+
+    code: str
+    detail: str
+    pointer: str | None = None
+    parameter: str | None = None
+    location: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        out = {"code": self.code, "detail": self.detail}
+        if self.pointer is not None:
+            out["pointer"] = self.pointer
+        if self.parameter is not None:
+            out["parameter"] = self.parameter
+        if self.location is not None:
+            out["in"] = self.location
+        return out
+
+
+class Problem(Exception):
+    """Raise one anywhere below a handler; the error handler renders it."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        *,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.type = CATALOGUE[code]
+        self.detail = detail
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+        super().__init__(f"{code}: {detail}")
+
+    @property
+    def status(self) -> int:
+        return self.type.status
+
+
+def not_found(what: str, ident: object) -> Problem:
+    return Problem("not_found", f"{what} {ident} not found.")
+
+
+def validation_failed(errors: Sequence[FieldError]) -> Problem:
+    noun = "field is" if len(errors) == 1 else "fields are"
+    return Problem("validation_failed", f"{len(errors)} {noun} invalid.", errors=errors)
+
+
+def render(
+    problem: Problem, *, request_id: str, instance: str
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of a problem response."""
+    body: dict[str, Any] = {
+        "type": problem.type.type_uri,
+        "title": problem.type.title,
+        "status": problem.status,
+        "code": problem.type.code,
+        "request_id": request_id,
+        "instance": instance[:2048],
+    }
+    if problem.detail:
+        body["detail"] = problem.detail[:2000]
+    if problem.errors:
+        body["errors"] = [e.as_json() for e in problem.errors[:200]]
+    headers = {"Content-Type": PROBLEM_JSON, **problem.headers}
+    return problem.status, headers, orjson.dumps(body)

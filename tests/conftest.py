@@ -1,0 +1,60 @@
+"""Fixtures: one real server per test session, on SQLite or on PostgreSQL.
+
+`KILN_TEST_DATABASE_URL=postgresql+psycopg://...` runs the suite on PostgreSQL;
+without it, on a fresh SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import Account, RunningServer, fresh_database, make_account, server_settings
+
+POSTGRES_URL = os.environ.get("KILN_TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return fresh_database(POSTGRES_URL, tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    settings = server_settings(tmp_path_factory.mktemp("data"), database_url)
+    with RunningServer(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture
+def make_user(database_url: str) -> Callable[..., Account]:
+    def make(**options: Any) -> Account:
+        return make_account(database_url, **options)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user: Callable[..., Account]) -> Account:
+    return make_user(prefix="alice")
+
+
+@pytest.fixture
+def bob(make_user: Callable[..., Account]) -> Account:
+    return make_user(prefix="bob")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,148 @@
+"""Test plumbing: a real Kiln behind uvicorn (TLS) in a thread, and accounts in its database."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from kiln import migrate, spec
+from kiln.accounts import create_user, issue_token
+from kiln.app import Kiln
+from kiln.config import Settings, to_sync_url
+from kiln.db import Database
+from kiln.server import uvicorn_config
+
+T = TypeVar("T")
+ALL_SCOPES = sorted(spec.declared_scopes())
+_names = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}x{next(_names)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run(coroutine_factory: Callable[[Database], Awaitable[T]], url: str) -> T:
+    """Run database work from the test thread on an engine of its own."""
+
+    async def main() -> T:
+        db = Database(url)
+        try:
+            return await coroutine_factory(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def fresh_database(url: str | None, directory: Path) -> str:
+    """An empty, migrated database: PostgreSQL's public schema recreated, or a new SQLite file."""
+    if url is None:
+        url = f"sqlite+aiosqlite:///{directory / 'kiln.db'}"
+    else:
+        engine = create_engine(to_sync_url(url))
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    migrate.upgrade(url)
+    return url
+
+
+@dataclass
+class Account:
+    id: int
+    username: str
+    token: str
+    password: str | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_account(
+    url: str, *, scopes: Iterable[str] = ALL_SCOPES, password: str | None = None, prefix: str = "u"
+) -> Account:
+    name = unique(prefix)
+
+    async def work(db: Database) -> Account:
+        async with db.transaction():
+            user = await create_user(name, password=password)
+            assert user.id is not None
+            _, secret = await issue_token(user.id, name="test", scopes=scopes)
+            return Account(user.id, name, secret, password)
+
+    return run(work, url)
+
+
+def make_token(url: str, account: Account, scopes: Iterable[str], **options: Any) -> str:
+    async def work(db: Database) -> str:
+        async with db.transaction():
+            _, secret = await issue_token(account.id, name="extra", scopes=scopes, **options)
+            return secret
+
+    return run(work, url)
+
+
+class RunningServer:
+    """`kiln.app.Kiln` served by uvicorn in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = Kiln(settings)
+        self.server = uvicorn.Server(uvicorn_config(self.app, settings))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        scheme = "https" if settings.tls else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{settings.port}"
+        self.cert = settings.data_dir / "cert.pem"
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def client(self, **options: Any) -> httpx.Client:
+        verify: Any = ssl.create_default_context(cafile=self.cert) if self.settings.tls else False
+        return httpx.Client(base_url=self.base_url, verify=verify, timeout=30, **options)
+
+
+def server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "port": free_port(),
+        "validate_responses": True,
+        "rate_limit": "1000000/hour",
+        "anonymous_rate_limit": "1000000/hour",
+        "password_rate_limit": "100000/minute",
+    }
+    values.update(overrides)
+    return Settings(**values)
