@@ -14,7 +14,7 @@ from kiln.auth import Principal, current_principal
 from kiln.credentials import expand_scopes
 from kiln.db import session, utcnow
 from kiln.pagination import paginate
-from kiln.problems import FieldError, Problem, not_found, validation_failed
+from kiln.problems import FieldError, Problem, not_found
 from models import Token
 
 
@@ -118,11 +118,15 @@ async def revoke_token(id: int) -> ConnexionResponse:
 def _future_timestamp(value: str | None, pointer: str) -> dt.datetime | None:
     if value is None:
         return None
-    error = FieldError("out_of_range", "expires_at must be a time in the future.", pointer=pointer)
+    rejected = Problem(
+        "invalid_value",
+        "expires_at must be a time in the future.",
+        errors=[FieldError("in_past", "expires_at must be in the future.", pointer=pointer)],
+    )
     try:
         moment = dt.datetime.fromisoformat(value).astimezone(dt.UTC)
     except (ValueError, OverflowError):
-        raise validation_failed([error]) from None
+        raise rejected from None
     if moment <= utcnow():
-        raise validation_failed([error])
+        raise rejected
     return moment.replace(microsecond=0)

@@ -16,6 +16,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
+from kiln import spec
 from kiln.asgi import request_info
 from kiln.auth import REALM
 from kiln.problems import PROBLEM_JSON, Problem, render
@@ -82,11 +83,15 @@ async def on_framework_problem(request: ConnexionRequest, exc: Exception) -> Con
 async def on_http_exception(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, HTTPException)
     code = _BY_STATUS.get(exc.status_code, "internal_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route that matched the path.
+        headers["Allow"] = ", ".join(spec.allowed_methods(request.scope["path"]))
     detail = {
         404: f"Nothing at {request.scope['path'][:200]}.",
         405: f"{request.scope['method']} is not allowed here.",
     }.get(exc.status_code, exc.detail)
-    return respond(request, Problem(code, detail, headers=dict(exc.headers or {})))
+    return respond(request, Problem(code, detail, headers=headers))
 
 
 async def on_database_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -23,149 +23,60 @@ class ProblemType:
         return f"/problems/{self.code}"
 
 
-def _catalogue(*types: ProblemType) -> dict[str, ProblemType]:
-    return {t.code: t for t in types}
+# code, status, title, description
+_TYPES = [
+    ("validation_failed", 400, "Request failed validation",
+     "The request does not match the schema; `errors[]` lists every failing field."),
+    ("malformed_json", 400, "Malformed JSON", "The request body is not parsable JSON."),
+    ("invalid_encoding", 400, "Invalid encoding", "The request body is not valid UTF-8."),
+    ("unauthenticated", 401, "Authentication required",
+     "The operation needs credentials and none came."),
+    ("invalid_credentials", 401, "Invalid credentials",
+     "The credentials are unknown, malformed, expired or revoked."),
+    ("insufficient_scope", 403, "Insufficient scope",
+     "The credentials are valid but lack the scope the operation needs."),
+    ("permission_denied", 403, "Permission denied",
+     "The caller can see the resource but may not do this to it."),
+    ("token_narrowed", 403, "Token narrowed to a namespace",
+     "A token narrowed to a namespace cannot manage tokens."),
+    ("scope_escalation", 403, "Scope escalation",
+     "A credential cannot grant scopes it does not hold."),
+    ("https_required", 403, "HTTPS required", "Kiln answers only over HTTPS."),
+    ("not_found", 404, "Not found", "No such resource, or one the caller may not see."),
+    ("method_not_allowed", 405, "Method not allowed",
+     "The path exists but not with this method; `Allow` lists those it takes."),
+    ("not_acceptable", 406, "Not acceptable",
+     "The operation cannot produce any media type the `Accept` header allows."),
+    ("already_exists", 409, "Already exists", "A unique name or path is already taken."),
+    ("idempotency_in_flight", 409, "Idempotent request in flight",
+     "A request with this `Idempotency-Key` is still running; retry later."),
+    ("precondition_failed", 412, "Precondition failed",
+     "`If-Match` does not match the resource's current `ETag`."),
+    ("payload_too_large", 413, "Payload too large",
+     "The request body is over the limit; nothing was stored."),
+    ("unsupported_media_type", 415, "Unsupported media type",
+     "The request body's `Content-Type` is not one the operation takes."),
+    ("namespace_forbidden", 422, "Namespace forbidden",
+     "The caller does not own or collaborate in the namespace it writes into."),
+    ("namespace_too_deep", 422, "Namespace too deep", "Namespaces nest at most 20 deep."),
+    ("visibility_conflict", 422, "Visibility conflict",
+     "A namespace cannot be more visible than its parent, nor less visible than its children."),
+    ("scope_widening", 422, "Scope widening", "A token's scopes can be narrowed, never widened."),
+    ("invalid_cursor", 422, "Invalid cursor", "The `after` cursor was not issued by this server."),
+    ("invalid_value", 422, "Invalid value",
+     "A field matches the schema but its value cannot be used; `errors[]` says which."),
+    ("idempotency_key_reused", 422, "Idempotency key reused",
+     "This `Idempotency-Key` was used with a different request."),
+    ("rate_limited", 429, "Rate limited",
+     "Too many requests for this credential; wait `Retry-After` seconds."),
+    ("internal_error", 500, "Internal error",
+     "A bug in Kiln. The `request_id` finds it in the logs."),
+    ("not_implemented", 501, "Not implemented", "This server does not provide the feature."),
+    ("service_unavailable", 503, "Service unavailable",
+     "The database is unreachable or the server is shutting down; retry after `Retry-After`."),
+]  # fmt: skip
 
-
-CATALOGUE = _catalogue(
-    ProblemType(
-        "validation_failed",
-        400,
-        "Request failed validation",
-        "The request does not match the schema; `errors[]` lists every failing field.",
-    ),
-    ProblemType("malformed_json", 400, "Malformed JSON", "The request body is not parsable JSON."),
-    ProblemType(
-        "invalid_encoding", 400, "Invalid encoding", "The request body is not valid UTF-8."
-    ),
-    ProblemType(
-        "invalid_cursor",
-        400,
-        "Invalid cursor",
-        "The `after` cursor was not issued by this server for this listing.",
-    ),
-    ProblemType(
-        "unauthenticated",
-        401,
-        "Authentication required",
-        "The operation needs credentials and none came.",
-    ),
-    ProblemType(
-        "invalid_credentials",
-        401,
-        "Invalid credentials",
-        "The credentials are unknown, malformed, expired or revoked.",
-    ),
-    ProblemType(
-        "insufficient_scope",
-        403,
-        "Insufficient scope",
-        "The credentials are valid but lack the scope the operation needs.",
-    ),
-    ProblemType(
-        "permission_denied",
-        403,
-        "Permission denied",
-        "The caller can see the resource but may not do this to it.",
-    ),
-    ProblemType(
-        "token_narrowed",
-        403,
-        "Token narrowed to a namespace",
-        "A token narrowed to a namespace cannot manage tokens.",
-    ),
-    ProblemType(
-        "scope_escalation",
-        403,
-        "Scope escalation",
-        "A credential cannot grant scopes it does not hold.",
-    ),
-    ProblemType("https_required", 403, "HTTPS required", "Kiln answers only over HTTPS."),
-    ProblemType("not_found", 404, "Not found", "No such resource, or one the caller may not see."),
-    ProblemType(
-        "method_not_allowed",
-        405,
-        "Method not allowed",
-        "The path exists but not with this method; `Allow` lists those it takes.",
-    ),
-    ProblemType(
-        "not_acceptable",
-        406,
-        "Not acceptable",
-        "The operation cannot produce any media type the `Accept` header allows.",
-    ),
-    ProblemType("already_exists", 409, "Already exists", "A unique name or path is already taken."),
-    ProblemType(
-        "idempotency_in_flight",
-        409,
-        "Idempotent request in flight",
-        "A request with this `Idempotency-Key` is still running; retry later.",
-    ),
-    ProblemType(
-        "precondition_failed",
-        412,
-        "Precondition failed",
-        "`If-Match` does not match the resource's current `ETag`.",
-    ),
-    ProblemType(
-        "payload_too_large",
-        413,
-        "Payload too large",
-        "The request body is over the limit; nothing was stored.",
-    ),
-    ProblemType(
-        "unsupported_media_type",
-        415,
-        "Unsupported media type",
-        "The request body's `Content-Type` is not one the operation takes.",
-    ),
-    ProblemType(
-        "namespace_forbidden",
-        422,
-        "Namespace forbidden",
-        "The caller does not own or collaborate in the namespace it writes into.",
-    ),
-    ProblemType(
-        "namespace_too_deep", 422, "Namespace too deep", "Namespaces nest at most 20 deep."
-    ),
-    ProblemType(
-        "visibility_conflict",
-        422,
-        "Visibility conflict",
-        "A namespace cannot be more visible than its parent, nor less visible than its children.",
-    ),
-    ProblemType(
-        "scope_widening", 422, "Scope widening", "A token's scopes can be narrowed, never widened."
-    ),
-    ProblemType(
-        "idempotency_key_reused",
-        422,
-        "Idempotency key reused",
-        "This `Idempotency-Key` was used with a different request.",
-    ),
-    ProblemType(
-        "rate_limited",
-        429,
-        "Rate limited",
-        "Too many requests for this credential; wait `Retry-After` seconds.",
-    ),
-    ProblemType(
-        "internal_error",
-        500,
-        "Internal error",
-        "A bug in Kiln. The `request_id` finds it in the logs.",
-    ),
-    ProblemType(
-        "not_implemented", 501, "Not implemented", "This server does not provide the feature."
-    ),
-    ProblemType(
-        "service_unavailable",
-        503,
-        "Service unavailable",
-        "The database is unreachable or the server is shutting down; "
-        "retry after `Retry-After` seconds.",
-    ),
-)
+CATALOGUE = {code: ProblemType(code, status, title, text) for code, status, title, text in _TYPES}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,23 @@ def declared_scopes() -> frozenset[str]:
 
 def problem_codes() -> tuple[str, ...]:
     return tuple(load()["components"]["schemas"]["ProblemCode"]["enum"])
+
+
+@functools.cache
+def _path_patterns() -> list[tuple[re.Pattern[str], tuple[str, ...]]]:
+    patterns = []
+    for path, item in load()["paths"].items():
+        regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))
+        methods = [m.upper() for m in METHODS if m in item]
+        if "GET" in methods:
+            methods.append("HEAD")
+        patterns.append((re.compile(f"^{regex}$"), tuple(methods)))
+    return patterns
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods the contract declares for the path a request went to."""
+    for pattern, methods in _path_patterns():
+        if pattern.match(path):
+            return methods
+    return ()

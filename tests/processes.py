@@ -1,0 +1,115 @@
+"""Real `kiln` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from tests.support import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kiln_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kiln", *args]
+
+
+def kiln_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(extra)
+    return env
+
+
+def run_kiln(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        kiln_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env or kiln_env(),
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+class KilnServe:
+    """`kiln serve` in a subprocess, its output captured to a file."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.args = ["serve", "--data-dir", str(data_dir), "--port", str(self.port), *args]
+        self.env = env or kiln_env()
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        self.base_url = f"https://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[str] | None = None
+        self._log: IO[str] | None = None
+
+    def __enter__(self) -> KilnServe:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            kiln_command(*self.args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kiln serve exited:\n{self.output}")
+            if (self.data_dir / "cert.pem").exists():
+                try:
+                    with self.client() as c:
+                        if c.get("/healthz").status_code == 200:
+                            return
+                except (httpx.TransportError, ssl.SSLError):
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"kiln serve did not become ready:\n{self.output}")
+
+    @property
+    def cert(self) -> Path:
+        return self.data_dir / "cert.pem"
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def client(self, **options: Any) -> httpx.Client:
+        context = ssl.create_default_context(cafile=self.cert)
+        return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **options)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._log:
+            self._log.close()

@@ -1,0 +1,67 @@
+"""Schemathesis over every operation of the contract, against a real `kiln serve`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import REPO, KilnServe, kiln_env, run_kiln
+
+pytestmark = pytest.mark.slow
+
+FUZZ_ENV = {
+    "KILN_RATE_LIMIT": "100000000/hour",
+    "KILN_ANONYMOUS_RATE_LIMIT": "100000000/hour",
+    "KILN_PASSWORD_RATE_LIMIT": "100000/minute",
+    "KILN_VALIDATE_RESPONSES": "true",
+}
+
+
+def test_schemathesis_finds_no_failures(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = kiln_env(**FUZZ_ENV)
+    created = run_kiln(
+        "users", "create", "fuzzer", "--data-dir", str(data_dir), stdin="fuzz-pass\n", env=env
+    )
+    assert created.returncode == 0, created.stderr
+    with KilnServe(data_dir, env=env) as server:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                "run",
+                f"{server.base_url}/openapi.json",
+                "--tls-verify",
+                str(server.cert),
+                "--max-examples",
+                "100",
+                "--workers",
+                "2",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={
+                **env,
+                "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+                "KILN_FUZZ_URL": server.base_url,
+                "KILN_FUZZ_USER": "fuzzer",
+                "KILN_FUZZ_PASSWORD": "fuzz-pass",
+                "KILN_FUZZ_CA": str(server.cert),
+            },
+            timeout=900,
+            check=False,
+        )
+        report = result.stdout + result.stderr
+        print(report)
+        assert result.returncode == 0, report[-20000:]
+        covered = re.search(r"API Links:\s+(\d+) covered", report)
+        assert covered is not None
+        assert int(covered.group(1)) > 0, "the stateful phase followed no link"
+        assert "Traceback" not in server.output, server.output[-20000:]
