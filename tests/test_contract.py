@@ -68,7 +68,8 @@ def test_problem_codes_match_the_catalogue() -> None:
 def test_operation_documents_itself_and_every_status_it_can_return(
     path: str, method: str, op: dict[str, Any], params: list[dict[str, Any]]
 ) -> None:
-    assert op.get("summary") and op.get("description")
+    assert op.get("summary")
+    assert op.get("description")
     assert "security" in op, "every operation states its security"
     statuses = set(op["responses"])
     names = {p["name"] for p in params}
