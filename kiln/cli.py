@@ -16,7 +16,8 @@ from kiln import migrate
 from kiln.accounts import create_user, find_user, issue_token, parse_duration
 from kiln.bootstrap import ADMIN, first_admin_token
 from kiln.config import Settings
-from kiln.db import Database, utcnow
+from kiln.db import Database, session, utcnow
+from models import Namespace
 
 app = typer.Typer(
     help="Kiln: a CI service whose HTTP API is the product.",
@@ -201,6 +202,9 @@ def tokens_create(
                 account = await find_user(user)
                 if account is None or account.id is None:
                     err.print(f"[red]No user {user!r}.[/red]")
+                    raise typer.Exit(1)
+                if namespace is not None and await session().get(Namespace, namespace) is None:
+                    err.print(f"[red]No namespace {namespace}.[/red]")
                     raise typer.Exit(1)
                 _, secret = await issue_token(
                     account.id,

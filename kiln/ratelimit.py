@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 
@@ -15,6 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kiln.asgi import header, send_problem
 from kiln.config import Settings
 from kiln.problems import Problem
+
+log = logging.getLogger("kiln.ratelimit")
 
 
 class RateLimits:
@@ -80,7 +83,13 @@ class RateLimitMiddleware:
         else:
             item = self.limits.anonymous
             key = "addr:" + client_address(scope)
-        allowed, remaining, reset = await self.limits.hit(item, key)
+        try:
+            allowed, remaining, reset = await self.limits.hit(item, key)
+        except Exception:
+            # Limits are a guard, not a gate: with their storage down, serve unlimited.
+            log.exception("rate limit storage failed; request not limited")
+            await self.app(scope, receive, send)
+            return
         headers = [
             (b"ratelimit-limit", str(item.amount).encode()),
             (b"ratelimit-remaining", str(remaining).encode()),

@@ -10,9 +10,11 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.asgi import SCOPE_KEY, RequestInfo, header, new_request_id
+from kiln.asgi import SCOPE_KEY, RequestInfo, header, new_request_id, send_problem
+from kiln.problems import Problem
 
 log = logging.getLogger("kiln.access")
+log_errors = logging.getLogger("kiln.errors")
 
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -29,11 +31,12 @@ class RequestLogMiddleware:
         request_id = given.decode() if given and _SANE_ID.match(given) else new_request_id()
         info = scope[SCOPE_KEY] = RequestInfo(request_id)
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [
                     *message.get("headers", ()),
                     (b"x-request-id", request_id.encode()),
@@ -42,6 +45,11 @@ class RequestLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Only the layers outside connexion's own error handling can get here.
+            log_errors.exception("unhandled error in request %s", request_id)
+            if not started:
+                await send_problem(scope, send_with_id, Problem("internal_error"))
         finally:
             _log_line(scope, info, status)
 

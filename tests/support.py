@@ -24,6 +24,7 @@ from kiln.app import Kiln
 from kiln.config import Settings, to_sync_url
 from kiln.db import Database
 from kiln.server import uvicorn_config
+from models import Collaborator
 
 T = TypeVar("T")
 ALL_SCOPES = sorted(spec.declared_scopes())
@@ -146,3 +147,24 @@ def server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Sett
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def add_collaborator(url: str, namespace_id: int, user_id: int) -> None:
+    """Share a namespace directly in the database (invites come through the API later)."""
+
+    async def work(db: Database) -> None:
+        async with db.transaction() as session:
+            session.add(Collaborator(namespace_id=namespace_id, user_id=user_id))
+
+    run(work, url)
+
+
+def query(url: str, statement: str, **params: Any) -> list[Any]:
+    """Rows of a SQL statement, read straight from the test database."""
+    engine = create_engine(to_sync_url(url))
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        engine.dispose()

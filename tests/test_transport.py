@@ -1,0 +1,114 @@
+"""HTTPS only, HSTS, HAL media types, dates, HEAD and the served contract."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+
+from kiln import spec
+from tests.support import Account, RunningServer, server_settings
+
+
+def test_plain_http_is_refused(database_url: str, tmp_path: Path) -> None:
+    settings = server_settings(tmp_path, database_url, tls=False)
+    with RunningServer(settings) as server, server.client() as client:
+        response = client.get("/healthz")
+        assert response.status_code == 403
+        assert response.json()["code"] == "https_required"
+        # X-Forwarded-Proto from an address that is not a trusted proxy changes nothing.
+        response = client.get("/healthz", headers={"X-Forwarded-Proto": "https"})
+        assert response.status_code == 403
+
+
+def test_forwarded_proto_is_honoured_from_a_trusted_proxy(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = server_settings(tmp_path, database_url, tls=False, forwarded_allow_ips="127.0.0.1")
+    with RunningServer(settings) as server, server.client() as client:
+        assert client.get("/healthz", headers={"X-Forwarded-Proto": "https"}).status_code == 200
+        response = client.get("/healthz", headers={"X-Forwarded-Proto": "http"})
+        assert response.status_code == 403
+        assert response.json()["code"] == "https_required"
+
+
+def test_every_answer_carries_hsts(client: httpx.Client) -> None:
+    for path in ("/healthz", "/nope", "/api/v1/user"):
+        assert client.get(path).headers["strict-transport-security"].startswith("max-age=")
+
+
+def test_hal_by_default_and_json_for_json_only_clients(
+    client: httpx.Client, alice: Account
+) -> None:
+    assert client.get("/api/v1/user", headers=alice.auth).headers["content-type"] == (
+        "application/hal+json"
+    )
+    json_only = client.get("/api/v1/user", headers={**alice.auth, "Accept": "application/json"})
+    assert json_only.headers["content-type"] == "application/json"
+    assert json_only.json()["_links"]["self"]["href"] == "/api/v1/user"
+    weighted = client.get(
+        "/api/v1/user",
+        headers={**alice.auth, "Accept": "application/hal+json;q=0.5, application/json"},
+    )
+    assert weighted.headers["content-type"] == "application/json"
+
+
+def test_dates_are_rfc3339_utc_with_z(client: httpx.Client, alice: Account) -> None:
+    created = client.post("/api/v1/namespaces", json={"name": "dates"}, headers=alice.auth).json()
+    for field in ("created_at", "updated_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created[field])
+
+
+def test_head_has_the_headers_of_get_and_no_body(client: httpx.Client, alice: Account) -> None:
+    get = client.get("/api/v1/user", headers=alice.auth)
+    head = client.head("/api/v1/user", headers=alice.auth)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["etag"] == get.headers["etag"]
+
+
+def test_the_contract_is_served(client: httpx.Client) -> None:
+    served = client.get("/openapi.json").json()
+    assert served["paths"].keys() == spec.load()["paths"].keys()
+    as_yaml = yaml.safe_load(client.get("/openapi.yaml").text)
+    assert as_yaml["info"]["title"] == "Kiln API"
+    docs = client.get("/docs/")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok"}
+
+
+def test_readiness_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    settings = server_settings(tmp_path, unreachable)
+    with RunningServer(settings) as server, server.client() as client:
+        assert client.get("/healthz").status_code == 200
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["code"] == "service_unavailable"
+        assert int(response.headers["retry-after"]) > 0
+        response = client.get("/api/v1/user", headers={"Authorization": "Bearer kiln_" + "a" * 43})
+        assert response.status_code == 503
+        assert response.json()["code"] == "service_unavailable"
+
+
+def test_merge_patch_media_type(client: httpx.Client, make_user: Callable[..., Account]) -> None:
+    owner = make_user()
+    created = client.post(
+        "/api/v1/namespaces", json={"name": "mp", "description": "first"}, headers=owner.auth
+    ).json()
+    response = client.patch(
+        f"/api/v1/namespaces/{created['id']}",
+        content=b'{"description": null}',
+        headers={**owner.auth, "Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["description"] == ""
+    assert response.json()["name"] == "mp"
