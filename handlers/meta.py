@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from connexion.lifecycle import ConnexionResponse
 
 from kiln import hal
@@ -11,13 +9,13 @@ from kiln.operations import current_app
 from kiln.problems import CATALOGUE, Problem
 
 
-async def get_health() -> ConnexionResponse:
+def get_health() -> ConnexionResponse:
     return hal.document({"status": "ok"})
 
 
-async def get_readiness() -> ConnexionResponse:
+def get_readiness() -> ConnexionResponse:
     try:
-        await asyncio.wait_for(current_app().db.ping(), timeout=3)
+        current_app().db.ping()
     except Exception as exc:
         raise Problem(
             "service_unavailable",
@@ -27,7 +25,7 @@ async def get_readiness() -> ConnexionResponse:
     return hal.document({"status": "ok"})
 
 
-async def get_problem_type(code: str) -> ConnexionResponse:
+def get_problem_type(code: str) -> ConnexionResponse:
     problem = CATALOGUE[code]
     return hal.document(
         {

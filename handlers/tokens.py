@@ -43,9 +43,9 @@ def _token_manager() -> Principal:
     return principal
 
 
-async def _own_token(principal: Principal, token_id: int) -> Token:
+def _own_token(principal: Principal, token_id: int) -> Token:
     token = (
-        await session().exec(
+        session().exec(
             select(Token).where(Token.id == token_id, Token.user_id == principal.user_id)
         )
     ).one_or_none()
@@ -54,9 +54,9 @@ async def _own_token(principal: Principal, token_id: int) -> Token:
     return token
 
 
-async def list_tokens(limit: int = 25, after: str | None = None) -> ConnexionResponse:
+def list_tokens(limit: int = 25, after: str | None = None) -> ConnexionResponse:
     principal = _token_manager()
-    page = await paginate(
+    page = paginate(
         select(Token).where(Token.user_id == principal.user_id),
         Token.id,
         limit=limit,
@@ -65,7 +65,7 @@ async def list_tokens(limit: int = 25, after: str | None = None) -> ConnexionRes
     return hal.collection("tokens", [represent_token(t) for t in page.rows], page.links)
 
 
-async def create_token(body: dict[str, Any]) -> ConnexionResponse:
+def create_token(body: dict[str, Any]) -> ConnexionResponse:
     principal = _token_manager()
     scopes = expand_scopes(body["scopes"])
     beyond = [s for s in scopes if s not in principal.scopes]
@@ -73,10 +73,10 @@ async def create_token(body: dict[str, Any]) -> ConnexionResponse:
         raise Problem("scope_escalation", f"Your credentials do not hold {', '.join(beyond)}.")
     namespace_id = body.get("namespace_id")
     if namespace_id is not None:
-        await access.find_readable(principal, namespace_id)
+        access.find_readable(principal, namespace_id)
     expires_at = _future_timestamp(body.get("expires_at"), "/expires_at")
     assert principal.user_id is not None
-    token, secret = await issue_token(
+    token, secret = issue_token(
         principal.user_id,
         name=body["name"],
         scopes=scopes,
@@ -86,13 +86,13 @@ async def create_token(body: dict[str, Any]) -> ConnexionResponse:
     return hal.created({**represent_token(token), "token": secret})
 
 
-async def get_token(id: int) -> ConnexionResponse:
-    token = await _own_token(_token_manager(), id)
+def get_token(id: int) -> ConnexionResponse:
+    token = _own_token(_token_manager(), id)
     return hal.resource(represent_token(token))
 
 
-async def update_token(id: int, body: dict[str, Any]) -> ConnexionResponse:
-    token = await _own_token(_token_manager(), id)
+def update_token(id: int, body: dict[str, Any]) -> ConnexionResponse:
+    token = _own_token(_token_manager(), id)
     hal.require_unchanged(represent_token(token))
     if "name" in body:
         token.name = body["name"]
@@ -104,14 +104,14 @@ async def update_token(id: int, body: dict[str, Any]) -> ConnexionResponse:
                 "scope_widening", f"A token's scopes can only shrink; {', '.join(wider)} is new."
             )
         token.scopes = " ".join(scopes)
-    await session().flush()
+    session().flush()
     return hal.resource(represent_token(token))
 
 
-async def revoke_token(id: int) -> ConnexionResponse:
-    token = await _own_token(_token_manager(), id)
+def revoke_token(id: int) -> ConnexionResponse:
+    token = _own_token(_token_manager(), id)
     hal.require_unchanged(represent_token(token))
-    await session().exec(delete(Token).where(col(Token.id) == token.id))
+    session().exec(delete(Token).where(col(Token.id) == token.id))
     return hal.no_content()
 
 

@@ -21,7 +21,7 @@ def represent_user(user: User) -> hal.Body:
     }
 
 
-async def get_authenticated_user() -> ConnexionResponse:
+def get_authenticated_user() -> ConnexionResponse:
     user_id = current_principal().user_id
-    user = (await session().exec(select(User).where(User.id == user_id))).one()
+    user = (session().exec(select(User).where(User.id == user_id))).one()
     return hal.resource(represent_user(user))

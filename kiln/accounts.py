@@ -18,7 +18,7 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-async def create_user(
+def create_user(
     username: str, *, password: str | None = None, email: str | None = None, admin: bool = False
 ) -> User:
     if not USERNAME.match(username):
@@ -30,19 +30,19 @@ async def create_user(
         is_admin=admin,
     )
     session().add(user)
-    await session().flush()
+    session().flush()
     return user
 
 
-async def find_user(username: str) -> User | None:
-    return (await session().exec(select(User).where(User.username == username))).one_or_none()
+def find_user(username: str) -> User | None:
+    return session().exec(select(User).where(User.username == username)).one_or_none()
 
 
-async def count_users() -> int:
-    return (await session().exec(select(func.count()).select_from(User))).one()
+def count_users() -> int:
+    return session().exec(select(func.count()).select_from(User)).one()
 
 
-async def issue_token(
+def issue_token(
     user_id: int,
     *,
     name: str,
@@ -61,7 +61,7 @@ async def issue_token(
         expires_at=expires_at,
     )
     session().add(token)
-    await session().flush()
+    session().flush()
     return token, secret
 
 

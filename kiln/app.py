@@ -7,15 +7,12 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-from connexion import AsyncApp
 from connexion.middleware.context import ContextMiddleware
 from connexion.middleware.exceptions import ExceptionMiddleware
 from connexion.middleware.lifespan import LifespanMiddleware
-from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.server_error import ServerErrorMiddleware
-from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from starlette.types import Receive, Scope, Send
 
@@ -23,13 +20,14 @@ from kiln import errors, spec
 from kiln.auth import SECURITY_MAP, KilnSecurityMiddleware
 from kiln.body_limit import BodyLimitMiddleware
 from kiln.config import Settings
+from kiln.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths
 from kiln.db import Database
 from kiln.https import HttpsOnlyMiddleware
 from kiln.negotiation import AcceptMiddleware
 from kiln.operations import UnitOfWorkResolver
 from kiln.ratelimit import RateLimitMiddleware, RateLimits
 from kiln.request_log import RequestLogMiddleware
-from kiln.validation import VALIDATOR_MAP
+from kiln.validation import VALIDATOR_MAP, KilnRequestValidationMiddleware
 
 
 class Kiln:
@@ -39,18 +37,18 @@ class Kiln:
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
         self.limits = RateLimits(settings)
-        self.api = AsyncApp(
+        self.api = KilnAsyncApp(
             __name__,
             specification_dir=spec.SPEC_PATH.parent,
             middlewares=[
                 partial(ServerErrorMiddleware, handler=errors.on_unexpected),
                 ExceptionMiddleware,
-                SwaggerUIMiddleware,
+                SwaggerUIOnItsPaths,
                 RoutingMiddleware,
                 partial(BodyLimitMiddleware, limit=settings.max_json_body),
                 AcceptMiddleware,
                 KilnSecurityMiddleware,
-                RequestValidationMiddleware,
+                KilnRequestValidationMiddleware,
                 ResponseValidationMiddleware,
                 LifespanMiddleware,
                 ContextMiddleware,
@@ -78,7 +76,7 @@ class Kiln:
         try:
             yield
         finally:
-            await self.db.dispose()
+            self.db.dispose()
 
 
 def create_app(settings: Settings | None = None) -> Kiln:

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import sqlalchemy
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.security import SecurityAPI, SecurityMiddleware
 from connexion.security import NO_VALUE, AbstractSecurityHandler, SecurityHandlerFactory
+from sqlalchemy import bindparam
 from sqlmodel import col, select, update
 
 from kiln import spec
-from kiln.asgi import request_info
+from kiln.asgi import current_scope, request_info
 from kiln.credentials import looks_like_token, token_hash, verify_password
 from kiln.db import utcnow
 from kiln.problems import Problem
@@ -88,36 +90,49 @@ async def authenticate(kiln: Kiln, authorization: str, address: str) -> Principa
     raise invalid_credentials("Send 'Authorization: Bearer <token>' or Basic credentials.")
 
 
+# Built once: these run for every authenticated request.
+_TOKEN = (
+    sqlalchemy.select(
+        Token.id,
+        Token.user_id,
+        Token.scopes,
+        Token.namespace_id,
+        Token.expires_at,
+        Token.last_used_at,
+        User.username,
+    )
+    .join(User, col(User.id) == Token.user_id)
+    .where(Token.secret_hash == bindparam("secret_hash"))
+)
+_TOUCH_TOKEN = (
+    update(Token)
+    .where(col(Token.id) == bindparam("token_id"))
+    .values(last_used_at=bindparam("now"))
+)
+_PASSWORD = select(User.id, User.password_hash).where(User.username == bindparam("username"))
+
+
 async def _token_principal(
     kiln: Kiln, secret: str, *, username: str | None, address: str
 ) -> Principal:
     if not looks_like_token(secret):
         await kiln.limits.check_password_attempt(address)
         raise invalid_credentials("The token is malformed.")
-    async with kiln.db.transaction(write=False) as session:
-        row = (
-            await session.exec(
-                select(Token, User.username)
-                .join(User, col(User.id) == Token.user_id)
-                .where(Token.secret_hash == token_hash(secret))
-            )
-        ).one_or_none()
-    now = utcnow()
-    if row is None or (username is not None and row[1] != username):
+    params = {"secret_hash": token_hash(secret)}
+    token = await kiln.db.run(lambda: kiln.db.first(_TOKEN, params))
+    if token is None or (username is not None and token.username != username):
         await kiln.limits.check_password_attempt(address)
         raise invalid_credentials("The token is unknown or revoked.")
-    token, owner = row
+    now = utcnow()
     if token.expires_at is not None and token.expires_at <= now:
         raise invalid_credentials("The token has expired.")
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_GRANULARITY:
-        async with kiln.db.transaction() as session:
-            await session.exec(
-                update(Token).where(col(Token.id) == token.id).values(last_used_at=now)
-            )
+        touch = {"token_id": token.id, "now": now}
+        await kiln.db.run(lambda: kiln.db.execute(_TOUCH_TOKEN, touch))
     return Principal(
         user_id=token.user_id,
-        username=owner,
-        scopes=token.scope_set,
+        username=token.username,
+        scopes=frozenset(token.scopes.split()),
         token_id=token.id,
         namespace_id=token.namespace_id,
     )
@@ -125,26 +140,18 @@ async def _token_principal(
 
 async def _password_principal(kiln: Kiln, username: str, password: str, address: str) -> Principal:
     await kiln.limits.check_password_attempt("user:" + username, "addr:" + address)
-    async with kiln.db.transaction(write=False) as session:
-        user = (
-            await session.exec(select(User.id, User.password_hash).where(User.username == username))
-        ).one_or_none()
-    if user is None or user[1] is None:
+    user = await kiln.db.run(lambda: kiln.db.first(_PASSWORD, {"username": username}))
+    if user is None or user.password_hash is None:
         raise invalid_credentials("Wrong user name or password.")
-    user_id, password_hash = user
     # argon2 takes tens of milliseconds of CPU: keep it off the event loop.
-    if not await anyio.to_thread.run_sync(verify_password, password_hash, password):
+    if not await anyio.to_thread.run_sync(verify_password, user.password_hash, password):
         raise invalid_credentials("Wrong user name or password.")
-    return Principal(user_id=user_id, username=username, scopes=spec.declared_scopes())
+    return Principal(user_id=user.id, username=username, scopes=spec.declared_scopes())
 
 
 def current_principal() -> Principal:
     """The caller of the operation being served (ANONYMOUS when it sent no credentials)."""
-    from connexion.context import context
-
-    token_info = context.get("token_info") or {}
-    principal: Principal = token_info.get("principal", ANONYMOUS)
-    return principal
+    return request_info(current_scope()).principal or ANONYMOUS
 
 
 class ScopedCredentialsHandler(AbstractSecurityHandler):  # type: ignore[misc]
@@ -161,7 +168,7 @@ class ScopedCredentialsHandler(AbstractSecurityHandler):  # type: ignore[misc]
                 return NO_VALUE
             kiln: Kiln = request.scope["kiln.app"]
             principal = await authenticate(kiln, authorization, client_address(request.scope))
-            request_info(request.scope).user_id = principal.user_id
+            request_info(request.scope).principal = principal
             for scope in needed:
                 if scope not in principal.scopes:
                     raise insufficient_scope(scope)

@@ -9,14 +9,12 @@ from kiln.db import Database
 ADMIN = "admin"
 
 
-async def first_admin_token(db: Database) -> str | None:
+def first_admin_token(db: Database) -> str | None:
     """The new admin's token secret when the database had no users, else None."""
-    async with db.transaction():
-        if await count_users() > 0:
+    with db.transaction():
+        if count_users() > 0:
             return None
-        admin = await create_user(ADMIN, admin=True)
+        admin = create_user(ADMIN, admin=True)
         assert admin.id is not None
-        _, secret = await issue_token(
-            admin.id, name="bootstrap", scopes=sorted(spec.declared_scopes())
-        )
+        _, secret = issue_token(admin.id, name="bootstrap", scopes=sorted(spec.declared_scopes()))
         return secret

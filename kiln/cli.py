@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import sys
 from pathlib import Path
@@ -105,7 +104,10 @@ def serve(
     )
     configure_logging(settings.log_level)
     db = _prepare(settings)
-    secret = asyncio.run(_first_start(db))
+    try:
+        secret = first_admin_token(db)
+    finally:
+        db.dispose()
     if secret is not None:
         print(
             f"Created the administrator {ADMIN!r}. Its token, shown this once:\n{secret}",
@@ -115,13 +117,6 @@ def serve(
     scheme = "https" if settings.tls else "http"
     err.print(f"Kiln listening on {scheme}://{settings.host}:{settings.port} (docs at /docs)")
     uvicorn.Server(config).run()
-
-
-async def _first_start(db: Database) -> str | None:
-    try:
-        return await first_admin_token(db)
-    finally:
-        await db.dispose()
 
 
 @users.command("create")
@@ -144,22 +139,17 @@ def users_create(
         err.print("[red]A password is required.[/red]")
         raise typer.Exit(1)
     db = _prepare(_settings(data_dir=data_dir, database_url=database_url))
-
-    async def run() -> None:
-        try:
-            async with db.transaction():
-                if await find_user(name) is not None:
-                    err.print(f"[red]The user {name!r} exists already.[/red]")
-                    raise typer.Exit(1)
-                await create_user(name, password=password, email=email, admin=admin)
-        finally:
-            await db.dispose()
-
     try:
-        asyncio.run(run())
+        with db.transaction():
+            if find_user(name) is not None:
+                err.print(f"[red]The user {name!r} exists already.[/red]")
+                raise typer.Exit(1)
+            create_user(name, password=password, email=email, admin=admin)
     except ValueError as e:
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
+    finally:
+        db.dispose()
     err.print(f"Created the user {name!r}.")
 
 
@@ -196,28 +186,21 @@ def tokens_create(
         raise typer.Exit(2) from None
     db = _prepare(_settings(data_dir=data_dir, database_url=database_url))
 
-    async def run() -> str:
-        try:
-            async with db.transaction():
-                account = await find_user(user)
-                if account is None or account.id is None:
-                    err.print(f"[red]No user {user!r}.[/red]")
-                    raise typer.Exit(1)
-                if namespace is not None and await session().get(Namespace, namespace) is None:
-                    err.print(f"[red]No namespace {namespace}.[/red]")
-                    raise typer.Exit(1)
-                _, secret = await issue_token(
-                    account.id,
-                    name=name,
-                    scopes=scope,
-                    namespace_id=namespace,
-                    expires_at=expires_at,
-                )
-                return secret
-        finally:
-            await db.dispose()
-
-    print(asyncio.run(run()))
+    try:
+        with db.transaction():
+            account = find_user(user)
+            if account is None or account.id is None:
+                err.print(f"[red]No user {user!r}.[/red]")
+                raise typer.Exit(1)
+            if namespace is not None and session().get(Namespace, namespace) is None:
+                err.print(f"[red]No namespace {namespace}.[/red]")
+                raise typer.Exit(1)
+            _, secret = issue_token(
+                account.id, name=name, scopes=scope, namespace_id=namespace, expires_at=expires_at
+            )
+    finally:
+        db.dispose()
+    print(secret)
 
 
 def main() -> None:

@@ -36,25 +36,18 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The async URL the app uses: given, or SQLite in the data directory."""
+        """The database the app uses: given, or SQLite in the data directory."""
         if self.database_url:
-            return to_async_url(self.database_url)
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'kiln.db').resolve()}"
+            return normalize_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}"
 
     @property
     def trusted_proxies(self) -> list[str]:
         return [ip.strip() for ip in self.forwarded_allow_ips.split(",") if ip.strip()]
 
 
-def to_async_url(url: str) -> str:
-    """SQLAlchemy URL with the async driver this project ships for its scheme."""
-    if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+def normalize_url(url: str) -> str:
+    """SQLAlchemy URL with the driver this project ships for its database."""
     if url.startswith(("postgresql:", "postgres:")):
         return "postgresql+psycopg:" + url.split(":", 1)[1]
     return url
-
-
-def to_sync_url(url: str) -> str:
-    """The same database through a synchronous driver (for Alembic)."""
-    return url.replace("sqlite+aiosqlite:", "sqlite:")

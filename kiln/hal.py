@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from connexion.context import scope as current_scope
 from connexion.lifecycle import ConnexionResponse
 
-from kiln.asgi import header
+from kiln.asgi import current_scope, header
 from kiln.etag import etag_of, none_match, require_match
 from kiln.negotiation import HAL_JSON, JSON, choose
 
@@ -26,7 +25,7 @@ def dumps(body: Any) -> bytes:
 
 
 def _request_header(name: bytes) -> str | None:
-    value = header(current_scope, name)
+    value = header(current_scope(), name)
     return value.decode("latin-1") if value is not None else None
 
 
@@ -43,7 +42,7 @@ def resource(
     """One resource, with its strong ETag; a GET whose `If-None-Match` matches gets 304."""
     raw = dumps(body)
     etag = etag_of(raw)
-    if current_scope["method"] in ("GET", "HEAD") and none_match(
+    if current_scope()["method"] in ("GET", "HEAD") and none_match(
         _request_header(b"if-none-match"), etag
     ):
         return ConnexionResponse(status_code=304, headers={"ETag": etag})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from connexion.lifecycle import ConnexionResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select, update
 
-from kiln.db import Database, utcnow
+from kiln.db import Database, session, utcnow
 from kiln.hal import replay
 from kiln.problems import Problem
 from models import IdempotencyRecord
@@ -33,23 +33,23 @@ def fingerprint(method: str, path: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + canonical).hexdigest()
 
 
-async def run_once(
+def run_once(
     db: Database,
     *,
     user_id: int,
     key: str,
     request_fingerprint: str,
-    operation: Callable[[], Awaitable[ConnexionResponse]],
+    operation: Callable[[], ConnexionResponse],
 ) -> ConnexionResponse:
-    record_id, earlier = await _claim(db, user_id, key, request_fingerprint)
+    record_id, earlier = _claim(db, user_id, key, request_fingerprint)
     if earlier is not None:
         return earlier
     try:
-        async with db.transaction() as session:
-            response = await operation()
+        with db.transaction():
+            response = operation()
             if 200 <= response.status_code < 300:
                 headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
-                await session.exec(
+                session().exec(
                     update(IdempotencyRecord)
                     .where(col(IdempotencyRecord.id) == record_id)
                     .values(
@@ -61,60 +61,52 @@ async def run_once(
         return response
     except BaseException:
         # Nothing was done: free the key so the client can retry.
-        async with db.transaction() as session:
-            await session.exec(
-                delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id)
-            )
+        with db.transaction():
+            session().exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id))
         raise
 
 
-async def _claim(
+def _claim(
     db: Database, user_id: int, key: str, request_fingerprint: str
 ) -> tuple[int, ConnexionResponse | None]:
     now = utcnow()
+    in_flight = Problem(
+        "idempotency_in_flight",
+        "A request with this Idempotency-Key is still running; retry later.",
+        headers={"Retry-After": "1"},
+    )
     try:
-        async with db.transaction() as session:
-            await session.exec(
+        with db.transaction() as s:
+            s.exec(
                 delete(IdempotencyRecord).where(col(IdempotencyRecord.created_at) < now - RETENTION)
             )
-            record = (
-                await session.exec(
-                    select(IdempotencyRecord).where(
-                        IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key
-                    )
+            record = s.exec(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key
                 )
             ).one_or_none()
             if record is None:
                 record = IdempotencyRecord(
                     user_id=user_id, key=key, fingerprint=request_fingerprint
                 )
-                session.add(record)
-                await session.flush()
+                s.add(record)
+                s.flush()
                 assert record.id is not None
                 return record.id, None
+            assert record.id is not None
             if record.fingerprint != request_fingerprint:
                 raise Problem(
                     "idempotency_key_reused",
                     "This Idempotency-Key was used with a different request.",
                 )
             if record.status is not None:
-                assert record.id is not None
                 assert record.body is not None
                 assert record.headers is not None
                 return record.id, replay(record.body, orjson.loads(record.headers))
             if now - record.created_at < ABANDONED:
-                raise Problem(
-                    "idempotency_in_flight",
-                    "A request with this Idempotency-Key is still running; retry later.",
-                    headers={"Retry-After": "1"},
-                )
+                raise in_flight
             record.created_at = now  # take over the abandoned claim
-            assert record.id is not None
             return record.id, None
     except IntegrityError:
         # Another request claimed the key between our read and our insert.
-        raise Problem(
-            "idempotency_in_flight",
-            "A request with this Idempotency-Key is still running; retry later.",
-            headers={"Retry-After": "1"},
-        ) from None
+        raise in_flight from None

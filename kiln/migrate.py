@@ -7,8 +7,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from kiln.config import to_sync_url
-
 _PACKAGED = Path(__file__).parent / "migrations"
 _SOURCE = Path(__file__).parent.parent / "migrations"
 MIGRATIONS = _PACKAGED if _PACKAGED.exists() else _SOURCE
@@ -17,7 +15,7 @@ MIGRATIONS = _PACKAGED if _PACKAGED.exists() else _SOURCE
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["url"] = to_sync_url(url)
+    config.attributes["url"] = url
     return config
 
 

@@ -10,10 +10,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from connexion.context import scope as current_scope
 from sqlmodel import col
 from sqlmodel.sql.expression import Select, SelectOfScalar
 
+from kiln.asgi import current_scope
 from kiln.db import session
 from kiln.hal import link
 from kiln.problems import Problem
@@ -40,12 +40,13 @@ class Page:
     links: dict[str, Any]
 
 
-async def paginate(
+def paginate(
     query: Select[*tuple[Any, ...]] | SelectOfScalar[Any],
     key: Any,
     *,
     limit: int,
     after: str | None,
+    params: dict[str, Any] | None = None,
 ) -> Page:
     """Rows of `query` after the cursor in `key` order, and the page's self/next links.
 
@@ -54,7 +55,7 @@ async def paginate(
     """
     if after is not None:
         query = query.where(col(key) > decode_cursor(after))
-    rows = list((await session().exec(query.order_by(key).limit(limit + 1))).all())
+    rows = list(session().exec(query.order_by(key).limit(limit + 1), params=params or {}).all())
     links: dict[str, Any] = {"self": link(_url())}
     if len(rows) > limit:
         rows = rows[:limit]
@@ -64,13 +65,9 @@ async def paginate(
 
 
 def _url(**overrides: str) -> str:
-    path: str = current_scope["path"]
-    params = [
-        (k, v)
-        for k, v in parse_qsl(
-            current_scope["query_string"].decode("latin-1"), keep_blank_values=True
-        )
-        if k not in overrides
-    ]
+    scope = current_scope()
+    path: str = scope["path"]
+    query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    params = [(k, v) for k, v in query if k not in overrides]
     params.extend(overrides.items())
     return f"{path}?{urlencode(params)}" if params else path

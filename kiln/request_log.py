@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiln.asgi import SCOPE_KEY, RequestInfo, header, new_request_id, send_problem
+from kiln.asgi import SCOPE_KEY, RequestInfo, bind, header, new_request_id, send_problem, unbind
 from kiln.problems import Problem
 
 log = logging.getLogger("kiln.access")
@@ -43,6 +43,7 @@ class RequestLogMiddleware:
                 ]
             await send(message)
 
+        bound = bind(scope)
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -51,6 +52,7 @@ class RequestLogMiddleware:
             if not started:
                 await send_problem(scope, send_with_id, Problem("internal_error"))
         finally:
+            unbind(bound)
             _log_line(scope, info, status)
 
 

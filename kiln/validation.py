@@ -7,13 +7,21 @@ replace them through connexion's `validator_map`.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
 from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.json_schema import Draft4RequestValidator
 from connexion.lifecycle import ConnexionRequest
+from connexion.middleware.request_validation import (
+    RequestValidationAPI,
+    RequestValidationMiddleware,
+    RequestValidationOperation,
+)
 from connexion.utils import is_null, is_nullable
 from connexion.validators import (
     FormDataValidator,
@@ -22,7 +30,7 @@ from connexion.validators import (
     ParameterValidator,
 )
 from jsonschema import Draft4Validator, ValidationError
-from starlette.types import Message, Receive, Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from kiln.problems import FieldError, Problem, validation_failed
 
@@ -146,10 +154,108 @@ def _parameter_error(param: dict[str, Any], value: Any, location: str) -> FieldE
         return None
     if is_nullable(param) and is_null(value):
         return None
-    for error in _compiled(param.get("schema", param)).iter_errors(value):
+    schema = param.get("schema", param)
+    if _plainly_valid(schema, value):
+        return None
+    for error in _compiled(schema).iter_errors(value):
         code, detail = _describe(error, name)
         return FieldError(code, detail, parameter=name, location=location)
     return None
+
+
+_SCALAR_KEYWORDS = frozenset(
+    {"type", "format", "minimum", "maximum", "minLength", "maxLength", "pattern", "enum",
+     "default", "description", "example"}
+)  # fmt: skip
+
+
+def _plainly_valid(schema: dict[str, Any], value: Any) -> bool:
+    """A quick yes for the common scalar parameter; anything else goes to JSON Schema,
+    which also words every error. Never says yes where JSON Schema would say no."""
+    if not schema.keys() <= _SCALAR_KEYWORDS:
+        return False
+    kind = schema.get("type")
+    if kind == "integer":
+        return (
+            type(value) is int
+            and schema.get("minimum", value) <= value <= schema.get("maximum", value)
+            and ("enum" not in schema or value in schema["enum"])
+        )
+    if kind == "string" and "format" not in schema:
+        return (
+            type(value) is str
+            and schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+            and ("pattern" not in schema or _pattern(schema["pattern"]).search(value) is not None)
+            and ("enum" not in schema or value in schema["enum"])
+        )
+    return False
+
+
+@functools.cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+class ReusedValidationOperation(RequestValidationOperation):  # type: ignore[misc]
+    """connexion's request validation, with what depends only on the operation (URI
+    parser, parameter validator, accepted media types) built once rather than per request."""
+
+    @functools.cached_property
+    def _parameter_validator(self) -> Any:
+        uri_parser = self._operation._uri_parser_class(
+            self._operation.parameters, self._operation.body_definition()
+        )
+        return self._validator_map["parameter"](
+            self._operation.parameters,
+            uri_parser=uri_parser,
+            strict_validation=self.strict_validation,
+            security_query_params=self.security_query_params,
+        )
+
+    @functools.cached_property
+    def _accepted(self) -> MediaTypeDict | None:
+        consumes = self._operation.consumes
+        return MediaTypeDict([(c.lower(), None) for c in consumes]) if consumes else None
+
+    def validate_mime_type(self, mime_type: str) -> None:
+        if self._accepted is not None and mime_type.lower() not in self._accepted:
+            raise UnsupportedMediaTypeProblem(
+                detail=f"This operation takes {', '.join(self._operation.consumes)}."
+            )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._parameter_validator.validate(scope)
+        if self._operation.request_body:
+            # As connexion's RequestValidationOperation does it.
+            mime_type, encoding = self.extract_content_type(scope["headers"])
+            self.validate_mime_type(mime_type)
+            schema = self._operation.body_schema(mime_type)
+            body_validator = self._validator_map["body"].get(mime_type) if schema else None
+            if body_validator is not None:
+                validator = body_validator(
+                    schema=schema,
+                    required=self._operation.request_body.get("required", False),
+                    nullable=is_nullable(self._operation.body_definition(mime_type)),
+                    encoding=encoding,
+                    strict_validation=self.strict_validation,
+                    uri_parser=self._parameter_validator.uri_parser,
+                )
+                receive, scope = await validator.wrap_receive(receive, scope=scope)
+        await self.next_app(scope, receive, send)
+
+
+class _ValidationAPI(RequestValidationAPI):  # type: ignore[misc]
+    def make_operation(self, operation: Any) -> ReusedValidationOperation:
+        return ReusedValidationOperation(
+            self.next_app,
+            operation=operation,
+            strict_validation=self.strict_validation,
+            validator_map=self.validator_map,
+        )
+
+
+class KilnRequestValidationMiddleware(RequestValidationMiddleware):  # type: ignore[misc]
+    api_cls = _ValidationAPI
 
 
 class KilnJSONBodyValidator(JSONRequestBodyValidator):  # type: ignore[misc]

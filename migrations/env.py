@@ -7,10 +7,10 @@ from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers the tables)
-from kiln.config import Settings, to_sync_url
+from kiln.config import Settings
 
 config = context.config
-url = config.attributes.get("url") or to_sync_url(Settings().resolved_database_url)
+url = config.attributes.get("url") or Settings().resolved_database_url
 
 
 def run_migrations_offline() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from sqlalchemy import create_engine, text
 from kiln import migrate, spec
 from kiln.accounts import create_user, issue_token
 from kiln.app import Kiln
-from kiln.config import Settings, to_sync_url
+from kiln.config import Settings
 from kiln.db import Database
 from kiln.server import uvicorn_config
 from models import Collaborator
@@ -42,25 +41,21 @@ def free_port() -> int:
         return port
 
 
-def run(coroutine_factory: Callable[[Database], Awaitable[T]], url: str) -> T:
-    """Run database work from the test thread on an engine of its own."""
-
-    async def main() -> T:
-        db = Database(url)
-        try:
-            return await coroutine_factory(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
+def run(work: Callable[[Database], T], url: str) -> T:
+    """Database work from the test thread, on an engine of its own."""
+    db = Database(url)
+    try:
+        return work(db)
+    finally:
+        db.dispose()
 
 
 def fresh_database(url: str | None, directory: Path) -> str:
     """An empty, migrated database: PostgreSQL's public schema recreated, or a new SQLite file."""
     if url is None:
-        url = f"sqlite+aiosqlite:///{directory / 'kiln.db'}"
+        url = f"sqlite:///{directory / 'kiln.db'}"
     else:
-        engine = create_engine(to_sync_url(url))
+        engine = create_engine(url)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
@@ -86,20 +81,20 @@ def make_account(
 ) -> Account:
     name = unique(prefix)
 
-    async def work(db: Database) -> Account:
-        async with db.transaction():
-            user = await create_user(name, password=password)
+    def work(db: Database) -> Account:
+        with db.transaction():
+            user = create_user(name, password=password)
             assert user.id is not None
-            _, secret = await issue_token(user.id, name="test", scopes=scopes)
+            _, secret = issue_token(user.id, name="test", scopes=scopes)
             return Account(user.id, name, secret, password)
 
     return run(work, url)
 
 
 def make_token(url: str, account: Account, scopes: Iterable[str], **options: Any) -> str:
-    async def work(db: Database) -> str:
-        async with db.transaction():
-            _, secret = await issue_token(account.id, name="extra", scopes=scopes, **options)
+    def work(db: Database) -> str:
+        with db.transaction():
+            _, secret = issue_token(account.id, name="extra", scopes=scopes, **options)
             return secret
 
     return run(work, url)
@@ -152,8 +147,8 @@ def server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Sett
 def add_collaborator(url: str, namespace_id: int, user_id: int) -> None:
     """Share a namespace directly in the database (invites come through the API later)."""
 
-    async def work(db: Database) -> None:
-        async with db.transaction() as session:
+    def work(db: Database) -> None:
+        with db.transaction() as session:
             session.add(Collaborator(namespace_id=namespace_id, user_id=user_id))
 
     run(work, url)
@@ -161,7 +156,7 @@ def add_collaborator(url: str, namespace_id: int, user_id: int) -> None:
 
 def query(url: str, statement: str, **params: Any) -> list[Any]:
     """Rows of a SQL statement, read straight from the test database."""
-    engine = create_engine(to_sync_url(url))
+    engine = create_engine(url)
     try:
         with engine.begin() as conn:
             result = conn.execute(text(statement), params)

@@ -38,14 +38,14 @@ def test_spec_passes_openapi_spec_validator() -> None:
 
 
 @pytest.mark.parametrize(("path", "method", "op", "params"), OPS, ids=IDS)
-def test_operation_id_resolves_to_an_async_handler_of_its_tag(
+def test_operation_id_resolves_to_a_handler_of_its_tag(
     path: str, method: str, op: dict[str, Any], params: list[dict[str, Any]]
 ) -> None:
     module_name, _, function_name = op["operationId"].rpartition(".")
     assert len(op["tags"]) == 1
     assert module_name == "handlers." + op["tags"][0].lower().replace(" ", "_")
     handler = getattr(importlib.import_module(module_name), function_name)
-    assert inspect.iscoroutinefunction(handler)
+    assert callable(handler)
     accepted = set(inspect.signature(handler).parameters)
     for param in params:
         if param["in"] in ("path", "query"):

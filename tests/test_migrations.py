@@ -10,7 +10,6 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 import models  # noqa: F401
-from kiln.config import to_sync_url
 from tests.conftest import POSTGRES_URL
 from tests.support import fresh_database
 
@@ -18,7 +17,7 @@ from tests.support import fresh_database
 def test_migrations_match_the_models(tmp_path: Path) -> None:
     # On PostgreSQL, `database_url` is already this fresh migrated schema; SQLite gets a new file.
     url = POSTGRES_URL or fresh_database(None, tmp_path)
-    engine = create_engine(to_sync_url(url))
+    engine = create_engine(url)
     with engine.connect() as conn:
         diff = compare_metadata(
             MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata

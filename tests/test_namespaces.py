@@ -210,7 +210,7 @@ def statements(server: RunningServer) -> Iterator[list[tuple[str, Any]]]:
     def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         seen.append((statement, parameters))
 
-    engine = server.app.db.engine.sync_engine
+    engine = server.app.db.engine
     event.listen(engine, "before_cursor_execute", record)
     yield seen
     event.remove(engine, "before_cursor_execute", record)
