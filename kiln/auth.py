@@ -93,13 +93,13 @@ async def authenticate(kiln: Kiln, authorization: str, address: str) -> Principa
 # Built once: these run for every authenticated request.
 _TOKEN = (
     sqlalchemy.select(
-        Token.id,
-        Token.user_id,
-        Token.scopes,
-        Token.namespace_id,
-        Token.expires_at,
-        Token.last_used_at,
-        User.username,
+        col(Token.id),
+        col(Token.user_id),
+        col(Token.scopes),
+        col(Token.namespace_id),
+        col(Token.expires_at),
+        col(Token.last_used_at),
+        col(User.username),
     )
     .join(User, col(User.id) == Token.user_id)
     .where(Token.secret_hash == bindparam("secret_hash"))
