@@ -102,7 +102,7 @@ _TOKEN = (
         col(User.username),
     )
     .join(User, col(User.id) == Token.user_id)
-    .where(Token.secret_hash == bindparam("secret_hash"))
+    .where(col(Token.secret_hash) == bindparam("secret_hash"))
 )
 _TOUCH_TOKEN = (
     update(Token)
