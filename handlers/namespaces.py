@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from connexion.lifecycle import ConnexionResponse
@@ -40,6 +41,17 @@ def represent_namespace(namespace: Namespace, owner: str) -> hal.Body:
         "created_at": namespace.created_at,
         "updated_at": namespace.updated_at,
         "_links": links,
+    }
+
+
+def represent_collaborator(user: User, namespace_id: int, since: dt.datetime) -> hal.Body:
+    """`user` collaborates in the namespace `namespace_id` (and what is below it) since `since`."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "namespace_id": namespace_id,
+        "created_at": since,
+        "_links": {"self": hal.link(f"{NS}/{namespace_id}/collaborators/{user.username}")},
     }
 
 
@@ -119,18 +131,7 @@ def list_collaborators(id: int, limit: int = 25, after: str | None = None) -> Co
     )
     page = paginate(select(User).where(col(User.id).in_(grants)), User.id, limit=limit, after=after)
     nearest = namespaces.nearest_grants(id, [u.id for u in page.rows])
-    items = []
-    for user in page.rows:
-        granted_on, since = nearest[user.id]
-        items.append(
-            {
-                "id": user.id,
-                "username": user.username,
-                "namespace_id": granted_on,
-                "created_at": since,
-                "_links": {"self": hal.link(f"{NS}/{granted_on}/collaborators/{user.username}")},
-            }
-        )
+    items = [represent_collaborator(user, *nearest[user.id]) for user in page.rows]
     return hal.collection("collaborators", items, page.links)
 
 

@@ -16,7 +16,7 @@ from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.options import SwaggerUIOptions
 from starlette.types import Receive, Scope, Send
 
-from kiln import errors, spec
+from kiln import errors, secrets, spec
 from kiln.auth import SECURITY_MAP, KilnSecurityMiddleware
 from kiln.body_limit import BodyLimitMiddleware
 from kiln.config import Settings
@@ -27,6 +27,7 @@ from kiln.negotiation import AcceptMiddleware
 from kiln.operations import UnitOfWorkResolver
 from kiln.ratelimit import RateLimitMiddleware, RateLimits
 from kiln.request_log import RequestLogMiddleware
+from kiln.storage import FileSystemStorage, Storage
 from kiln.validation import VALIDATOR_MAP, KilnRequestValidationMiddleware
 
 
@@ -37,6 +38,8 @@ class Kiln:
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
         self.limits = RateLimits(settings)
+        self.secrets = secrets.load(settings.secret_key, settings.data_dir)
+        self.storage: Storage = FileSystemStorage(settings.data_dir / "blobs")
         self.api = KilnAsyncApp(
             __name__,
             specification_dir=spec.SPEC_PATH.parent,

@@ -25,7 +25,13 @@ class Settings(BaseSettings):
     password_rate_limit: str = "10/minute"  # noqa: S105 (a rate, not a password)
     rate_limit_storage: str = "memory://"
 
+    secret_key: str | None = None
+    webhooks_allow_private: bool = False
+    webhooks_allow_http: bool = False
+
     max_json_body: int = 1024 * 1024
+    max_object_size: int = 1024**3
+    max_image_size: int = 10 * 1024**3
     validate_responses: bool = False
     log_level: str = "info"
 

@@ -16,8 +16,17 @@ from connexion import AsyncApp
 from connexion.apps.asynchronous import AsyncApi, AsyncASGIApp, AsyncOperation
 from connexion.context import receive, scope
 from connexion.decorators import StarletteDecorator
+from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
+
+
+class _NoFormRequest(ConnexionRequest):  # type: ignore[misc]
+    """Kiln takes no form fields: its multipart uploads stream the body themselves, so
+    connexion must not parse (and so read and keep) the whole form before the handler."""
+
+    async def files(self) -> dict[str, Any]:
+        return {}
 
 
 class _DecorateOnce(StarletteDecorator):  # type: ignore[misc]
@@ -30,9 +39,7 @@ class _DecorateOnce(StarletteDecorator):  # type: ignore[misc]
             nonlocal uri_parser
             if uri_parser is None:  # needs the operation, which the context holds at call time
                 uri_parser = self.uri_parser
-            request = self.framework.get_request(
-                uri_parser=uri_parser, scope=scope, receive=receive
-            )
+            request = _NoFormRequest(scope, receive, uri_parser=uri_parser)
             return await decorated(request)
 
         return wrapper

@@ -92,6 +92,8 @@ class Database:
                     yield s
             finally:
                 _session.reset(token)
+            for callback in s.info.pop("after_commit", []):
+                callback()
 
     def first(self, statement: Executable, params: dict[str, Any]) -> Row[Any] | None:
         """The first row of one statement, read in a short transaction of its own."""
@@ -109,6 +111,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def after_commit(callback: Callable[[], None]) -> None:
+    """Run `callback` once the current unit of work has committed; never if it rolls back."""
+    session().info.setdefault("after_commit", []).append(callback)
 
 
 def session() -> Session:

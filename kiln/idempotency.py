@@ -41,34 +41,46 @@ def run_once(
     request_fingerprint: str,
     operation: Callable[[], ConnexionResponse],
 ) -> ConnexionResponse:
-    record_id, earlier = _claim(db, user_id, key, request_fingerprint)
+    record_id, earlier = claim(db, user_id, key, request_fingerprint)
     if earlier is not None:
         return earlier
     try:
         with db.transaction():
             response = operation()
-            if 200 <= response.status_code < 300:
-                headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
-                session().exec(
-                    update(IdempotencyRecord)
-                    .where(col(IdempotencyRecord.id) == record_id)
-                    .values(
-                        status=response.status_code,
-                        headers=orjson.dumps(headers).decode(),
-                        body=response.body,
-                    )
-                )
+            remember(record_id, response)
         return response
     except BaseException:
-        # Nothing was done: free the key so the client can retry.
-        with db.transaction():
-            session().exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id))
+        release(db, record_id)
         raise
 
 
-def _claim(
+def remember(record_id: int, response: ConnexionResponse) -> None:
+    """Keep a successful result, in the transaction that made what it describes."""
+    if not 200 <= response.status_code < 300:
+        return
+    headers = {k: v for k, v in response.headers.items() if k in _KEPT_HEADERS}
+    session().exec(
+        update(IdempotencyRecord)
+        .where(col(IdempotencyRecord.id) == record_id)
+        .values(
+            status=response.status_code,
+            headers=orjson.dumps(headers).decode(),
+            body=response.body,
+        )
+    )
+
+
+def release(db: Database, record_id: int) -> None:
+    """Nothing was done: free the key so the client can retry."""
+    with db.transaction():
+        session().exec(delete(IdempotencyRecord).where(col(IdempotencyRecord.id) == record_id))
+
+
+def claim(
     db: Database, user_id: int, key: str, request_fingerprint: str
 ) -> tuple[int, ConnexionResponse | None]:
+    """Claim the key for this request: its record id, and the earlier result to replay
+    if the same request already ran. 409 while another holds it; 422 for another request."""
     now = utcnow()
     in_flight = Problem(
         "idempotency_in_flight",

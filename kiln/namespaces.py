@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, literal
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select, update
 
 from kiln import access
 from kiln.auth import Principal
 from kiln.db import session, utcnow
 from kiln.problems import Problem
+from kiln.resources import flush_unique
 from models import MAX_DEPTH, Collaborator, Namespace, NamespaceAncestor, User, Visibility
 
 
@@ -51,7 +51,7 @@ def create(
         owner_id=owner_id,
     )
     session().add(namespace)
-    _flush_unique(path)
+    flush_unique(f"The path {path} is taken.")
     namespace.root_id = parent.root_id if parent is not None else namespace.id
     _record_ancestry(namespace)
     owner = principal.username if owner_id == principal.user_id else _username(owner_id)
@@ -111,7 +111,7 @@ def _rename(namespace: Namespace, name: str) -> None:
         .execution_options(synchronize_session=False)
     )
     namespace.name, namespace.path = name, new_path
-    _flush_unique(new_path)
+    flush_unique(f"The path {new_path} is taken.")
 
 
 def _check_visibility_fits(namespace: Namespace, visibility: Visibility) -> None:
@@ -142,15 +142,6 @@ def _ensure_path_free(path: str) -> None:
     taken = session().exec(select(Namespace.id).where(Namespace.path == path))
     if taken.first() is not None:
         raise Problem("already_exists", f"The path {path} is taken.")
-
-
-def _flush_unique(path: str) -> None:
-    """Flush, turning a concurrent taker of the same path into 409."""
-    try:
-        with session().begin_nested():
-            session().flush()
-    except IntegrityError:
-        raise Problem("already_exists", f"The path {path} is taken.") from None
 
 
 def _record_ancestry(namespace: Namespace) -> None:

@@ -35,7 +35,7 @@ def parse_accept(value: str) -> list[tuple[str, float]]:
 
 
 def _matches(media_range: str, media: str) -> bool:
-    if media_range in ("*/*", media):
+    if media_range in ("*/*", media) or media == "*/*":  # "*/*" offered: any type there is
         return True
     kind, _, sub = media_range.partition("/")
     return sub == "*" and media.startswith(kind + "/")

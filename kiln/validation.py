@@ -32,6 +32,7 @@ from connexion.validators import (
 from jsonschema import Draft4Validator, ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
+from kiln import spec
 from kiln.problems import FieldError, Problem, validation_failed
 
 _validators: dict[int, tuple[Any, dict[str, Any]]] = {}
@@ -164,9 +165,20 @@ def _parameter_error(param: dict[str, Any], value: Any, location: str) -> FieldE
 
 
 _SCALAR_KEYWORDS = frozenset(
-    {"type", "format", "minimum", "maximum", "minLength", "maxLength", "pattern", "enum",
-     "default", "description", "example"}
-)  # fmt: skip
+    {
+        "type",
+        "format",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "enum",
+        "default",
+        "description",
+        "example",
+    }
+)
 
 
 def _plainly_valid(schema: dict[str, Any], value: Any) -> bool:
@@ -223,9 +235,17 @@ class ReusedValidationOperation(RequestValidationOperation):  # type: ignore[mis
                 detail=f"This operation takes {', '.join(self._operation.consumes)}."
             )
 
+    @functools.cached_property
+    def _streamed(self) -> bool:
+        return spec.operations()[self._operation.operation_id].streamed_body
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._parameter_validator.validate(scope)
-        if self._operation.request_body:
+        if self._operation.request_body and self._streamed:
+            # Uploads are streamed to storage by their handler, never read whole here.
+            mime_type, _ = self.extract_content_type(scope["headers"])
+            self.validate_mime_type(mime_type)
+        elif self._operation.request_body:
             # As connexion's RequestValidationOperation does it.
             mime_type, encoding = self.extract_content_type(scope["headers"])
             self.validate_mime_type(mime_type)

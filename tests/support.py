@@ -163,3 +163,22 @@ def query(url: str, statement: str, **params: Any) -> list[Any]:
             return list(result.all()) if result.returns_rows else []
     finally:
         engine.dispose()
+
+
+def ssh_private_key() -> str:
+    """A fresh Ed25519 private key in OpenSSH form."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
+QCOW2_HEADER = b"QFI\xfb\x00\x00\x00\x03" + bytes(56)

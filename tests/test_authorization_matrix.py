@@ -14,9 +14,15 @@ import httpx
 import pytest
 
 from kiln import spec
-from tests.support import Account, add_collaborator, make_token
+from tests.support import (
+    QCOW2_HEADER,
+    Account,
+    add_collaborator,
+    make_account,
+    make_token,
+    ssh_private_key,
+)
 
-Maker = Callable[..., Account]
 SPEC = spec.load()
 OPS = [op for op in spec.operations().values() if "{id}" in op.path]
 
@@ -27,25 +33,78 @@ class World:
     stranger: Account
     namespace: dict[str, Any]
     collaborator: Account
-    token_id: int
+    made: dict[str, int]  # the id of one resource of each kind, in the owner's namespace
 
 
-@pytest.fixture
-def world(client: httpx.Client, database_url: str, make_user: Maker) -> World:
-    owner, stranger, collaborator = make_user(), make_user(), make_user()
+@pytest.fixture(scope="module")
+def world(client: httpx.Client, database_url: str) -> World:
+    """Made once: no request in this module succeeds in changing anything."""
+    owner, stranger, collaborator, invitee = (make_account(database_url) for _ in range(4))
+
+    def post(path: str, **kwargs: Any) -> int:
+        response = client.post(path, headers=owner.auth, **kwargs)
+        assert response.status_code in (201, 202), response.text
+        made: int = response.json()["id"]
+        return made
+
     namespace = client.post(
         "/api/v1/namespaces", json={"name": "guarded"}, headers=owner.auth
     ).json()
-    add_collaborator(database_url, namespace["id"], collaborator.id)
-    token = client.post(
-        "/api/v1/tokens", json={"name": "t", "scopes": ["build:read"]}, headers=owner.auth
-    ).json()
-    return World(owner, stranger, namespace, collaborator, token["id"])
+    ns = namespace["id"]
+    add_collaborator(database_url, ns, collaborator.id)
+    hook = {"payload_url": "https://93.184.216.34/hook", "events": ["build.finished"]}
+    webhook = post(f"/api/v1/namespaces/{ns}/webhooks", json=hook)
+    cron = {"name": "c", "schedule": "@daily", "manifest": "stages: [a]", "namespace_id": ns}
+    made = {
+        "token": post("/api/v1/tokens", json={"name": "t", "scopes": ["build:read"]}),
+        "variable": post("/api/v1/variables", json={"key": "K", "value": "v", "namespace_id": ns}),
+        "key": post(
+            "/api/v1/keys", json={"name": "k", "key": ssh_private_key(), "namespace_id": ns}
+        ),
+        "object": post(f"/api/v1/objects?name=o.txt&namespace_id={ns}", content=b"hello"),
+        "image": post(f"/api/v1/images?name=i.qcow2&namespace_id={ns}", content=QCOW2_HEADER),
+        "cron": post("/api/v1/cron", json=cron),
+        "webhook": webhook,
+        "delivery": post(f"/api/v1/namespaces/{ns}/webhooks/{webhook}/pings"),
+        "invite": post(f"/api/v1/namespaces/{ns}/invites", json={"username": invitee.username}),
+    }
+    return World(owner, stranger, namespace, collaborator, made)
 
 
 # How to fill each path's parameters from the world the owner made.
+def _own(kind: str) -> Callable[[World], dict[str, Any]]:
+    return lambda w: {"id": w.made[kind]}
+
+
+def _in_namespace(w: World) -> dict[str, Any]:
+    return {"id": w.namespace["id"], "webhook_id": w.made["webhook"],
+            "delivery_id": w.made["delivery"]}  # fmt: skip
+
+
 RESOURCES: dict[str, Callable[[World], dict[str, Any]]] = {
-    "/api/v1/tokens/{id}": lambda w: {"id": w.token_id},
+    "/api/v1/tokens/{id}": _own("token"),
+    "/api/v1/variables/{id}": _own("variable"),
+    "/api/v1/keys/{id}": _own("key"),
+    "/api/v1/objects/{id}": _own("object"),
+    "/api/v1/objects/{id}/content": _own("object"),
+    "/api/v1/objects/{id}/builds": _own("object"),
+    "/api/v1/images/{id}": _own("image"),
+    "/api/v1/images/{id}/content": _own("image"),
+    "/api/v1/cron/{id}": _own("cron"),
+    "/api/v1/cron/{id}/builds": _own("cron"),
+    "/api/v1/invites/{id}": _own("invite"),
+    "/api/v1/invites/{id}/accept": _own("invite"),
+    "/api/v1/namespaces/{id}/variables": _in_namespace,
+    "/api/v1/namespaces/{id}/keys": _in_namespace,
+    "/api/v1/namespaces/{id}/objects": _in_namespace,
+    "/api/v1/namespaces/{id}/images": _in_namespace,
+    "/api/v1/namespaces/{id}/cron": _in_namespace,
+    "/api/v1/namespaces/{id}/invites": _in_namespace,
+    "/api/v1/namespaces/{id}/webhooks": _in_namespace,
+    "/api/v1/namespaces/{id}/webhooks/{webhook_id}": _in_namespace,
+    "/api/v1/namespaces/{id}/webhooks/{webhook_id}/deliveries": _in_namespace,
+    "/api/v1/namespaces/{id}/webhooks/{webhook_id}/deliveries/{delivery_id}": _in_namespace,
+    "/api/v1/namespaces/{id}/webhooks/{webhook_id}/pings": _in_namespace,
     "/api/v1/namespaces/{id}": lambda w: {"id": w.namespace["id"]},
     "/api/v1/namespaces/{id}/namespaces": lambda w: {"id": w.namespace["id"]},
     "/api/v1/namespaces/{id}/collaborators": lambda w: {"id": w.namespace["id"]},

@@ -1,0 +1,124 @@
+"""Cron jobs: manifests submitted as builds on a schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connexion.lifecycle import ConnexionResponse
+from sqlmodel import col, delete
+
+from kiln import hal, manifest, resources, schedules
+from kiln.access import caller_params
+from kiln.auth import current_principal
+from kiln.db import session, utcnow
+from kiln.pagination import paginate
+from kiln.problems import FieldError, validation_failed
+from models import CronJob
+
+NOUN = "Cron job"
+
+
+def represent_cron_job(job: CronJob) -> hal.Body:
+    href = f"/api/v1/cron/{job.id}"
+    return {
+        "id": job.id,
+        "name": job.name,
+        "schedule": job.schedule,
+        "manifest": job.manifest,
+        "next_run": job.next_run,
+        "prev_run": job.prev_run,
+        **resources.owner_fields(job),
+        "_links": {
+            "self": hal.link(href),
+            "builds": hal.link(f"{href}/builds"),
+            **resources.owner_links(job),
+        },
+    }
+
+
+def list_cron_jobs(
+    limit: int = 25,
+    after: str | None = None,
+    namespace_id: int | None = None,
+    search: str | None = None,
+) -> ConnexionResponse:
+    principal = current_principal()
+    query = resources.listing(
+        CronJob,
+        principal,
+        members_only=True,
+        namespace_id=namespace_id,
+        search=search,
+        search_column=CronJob.name,
+    )
+    page = paginate(query, CronJob.id, limit=limit, after=after, params=caller_params(principal))
+    return hal.collection("cron", [represent_cron_job(j) for j in page.rows], page.links)
+
+
+def list_namespace_cron_jobs(
+    id: int, limit: int = 25, after: str | None = None, search: str | None = None
+) -> ConnexionResponse:
+    return list_cron_jobs(limit=limit, after=after, namespace_id=id, search=search)
+
+
+def create_cron_job(body: dict[str, Any]) -> ConnexionResponse:
+    _check(body)
+    job = CronJob(
+        name=body["name"],
+        schedule=body["schedule"].strip(),
+        manifest=body["manifest"],
+        next_run=schedules.next_after(body["schedule"], utcnow()),
+        **resources.placement(current_principal(), body.get("namespace_id")),
+    )
+    session().add(job)
+    resources.flush_unique(f"A cron job {body['name']} exists already here.")
+    return hal.created(represent_cron_job(job))
+
+
+def get_cron_job(id: int) -> ConnexionResponse:
+    job = resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
+    return hal.resource(represent_cron_job(job))
+
+
+def update_cron_job(id: int, body: dict[str, Any]) -> ConnexionResponse:
+    job = resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
+    hal.require_unchanged(represent_cron_job(job))
+    _check(body)
+    if "schedule" in body:
+        job.schedule = body["schedule"].strip()
+        job.next_run = schedules.next_after(job.schedule, utcnow())
+    if "manifest" in body:
+        job.manifest = body["manifest"]
+    if "name" in body:
+        job.name = body["name"]
+    job.updated_at = utcnow()
+    resources.flush_unique(f"A cron job {job.name} exists already here.")
+    return hal.resource(represent_cron_job(job))
+
+
+def delete_cron_job(id: int) -> ConnexionResponse:
+    job = resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
+    hal.require_unchanged(represent_cron_job(job))
+    session().exec(delete(CronJob).where(col(CronJob.id) == id))
+    return hal.no_content()
+
+
+def list_cron_job_builds(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
+    resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
+    # Builds come with the worker; until then no cron job has fired.
+    return hal.collection("builds", [], {"self": hal.link(f"/api/v1/cron/{id}/builds")})
+
+
+def _check(body: dict[str, Any]) -> None:
+    if "schedule" in body and not schedules.is_valid(body["schedule"]):
+        raise validation_failed(
+            [
+                FieldError(
+                    "invalid",
+                    "schedule must be 5 cron fields or @hourly, @daily, @weekly or @monthly.",
+                    pointer="/schedule",
+                )
+            ]
+        )
+    if "manifest" in body:
+        manifest.load(body["manifest"])

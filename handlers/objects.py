@@ -1,0 +1,98 @@
+"""Objects: files placed into builds, uploaded as a stream and downloaded with Range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connexion.lifecycle import ConnexionResponse
+
+from kiln import blobs, hal, resources
+from kiln.access import caller_params
+from kiln.auth import current_principal
+from kiln.pagination import paginate
+from models import Blob, StoredObject
+
+NOUN = "Object"
+
+
+def represent_object(obj: Blob) -> hal.Body:
+    href = f"/api/v1/objects/{obj.id}"
+    return {
+        "id": obj.id,
+        "name": obj.name,
+        "type": obj.content_type,
+        "size": obj.size,
+        "md5": obj.md5,
+        "sha256": obj.sha256,
+        **resources.owner_fields(obj),
+        "_links": {
+            "self": hal.link(href),
+            "content": hal.link(f"{href}/content"),
+            "builds": hal.link(f"{href}/builds"),
+            **resources.owner_links(obj),
+        },
+    }
+
+
+KIND = blobs.BlobKind(
+    model=StoredObject,
+    noun=NOUN,
+    limit=lambda settings: settings.max_object_size,
+    represent=represent_object,
+)
+
+
+def list_objects(
+    limit: int = 25,
+    after: str | None = None,
+    namespace_id: int | None = None,
+    search: str | None = None,
+) -> ConnexionResponse:
+    principal = current_principal()
+    query = resources.listing(
+        StoredObject,
+        principal,
+        members_only=False,
+        namespace_id=namespace_id,
+        search=search,
+        search_column=StoredObject.name,
+    )
+    page = paginate(
+        query, StoredObject.id, limit=limit, after=after, params=caller_params(principal)
+    )
+    return hal.collection("objects", [represent_object(o) for o in page.rows], page.links)
+
+
+def list_namespace_objects(
+    id: int, limit: int = 25, after: str | None = None, search: str | None = None
+) -> ConnexionResponse:
+    return list_objects(limit=limit, after=after, namespace_id=id, search=search)
+
+
+async def create_object(
+    name: str | None = None, namespace_id: int | None = None
+) -> ConnexionResponse:
+    return await blobs.upload(KIND, name=name, namespace_id=namespace_id)
+
+
+def get_object(id: int) -> ConnexionResponse:
+    return hal.resource(represent_object(blobs.find(KIND, id)))
+
+
+def update_object(id: int, body: dict[str, Any]) -> ConnexionResponse:
+    return hal.resource(represent_object(blobs.rename(KIND, id, body)))
+
+
+def delete_object(id: int) -> ConnexionResponse:
+    blobs.delete(KIND, id)
+    return hal.no_content()
+
+
+async def get_object_content(id: int) -> Any:
+    return await blobs.content(KIND, id)
+
+
+def list_object_builds(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
+    blobs.find(KIND, id)
+    # Builds come with the worker; until then no build has used any object.
+    return hal.collection("builds", [], {"self": hal.link(f"/api/v1/objects/{id}/builds")})

@@ -1,0 +1,238 @@
+"""Objects and images: uploads streamed to storage, downloads served with Range.
+
+Both kinds share this flow; an image must also start with the QCOW2 magic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from connexion.context import receive as current_receive
+from connexion.lifecycle import ConnexionResponse
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable
+
+from kiln import hal, idempotency, resources
+from kiln.asgi import current_scope, header
+from kiln.auth import current_principal
+from kiln.config import Settings
+from kiln.db import after_commit, session, utcnow
+from kiln.etag import none_match
+from kiln.operations import current_app
+from kiln.problems import FieldError, Problem, validation_failed
+from kiln.storage import TooLarge
+from kiln.uploads import UploadBody
+from models import Blob
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class BlobKind:
+    model: type[Blob]
+    noun: str
+    limit: Callable[[Settings], int]
+    represent: Callable[[Any], hal.Body]
+    magic: bytes = b""
+
+
+class RangedFileResponse(FileResponse):
+    # One range per request: a request for several gets the whole file (RFC 9110 allows it),
+    # so every partial answer is a single `Content-Range` of the blob's own media type.
+    max_ranges = 1
+
+
+async def upload(
+    kind: BlobKind, *, name: str | None, namespace_id: int | None
+) -> ConnexionResponse:
+    app = current_app()
+    db, principal, scope = app.db, current_principal(), current_scope()
+    limit = kind.limit(app.settings)
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem("payload_too_large", f"The upload is over {limit} bytes.")
+
+    def check_place() -> dict[str, Any]:
+        with db.transaction(write=False):
+            return resources.placement(principal, namespace_id)
+
+    place = await db.run(check_place)
+    content_type = header(scope, b"content-type")
+    body = UploadBody(current_receive, content_type.decode("latin-1") if content_type else None)
+    await body.open()
+    name = name or body.filename
+    if name is None or not NAME.match(name):
+        raise validation_failed(
+            [
+                FieldError(
+                    "required" if name is None else "pattern",
+                    "Give the name as ?name= (letters, digits, . _ + -) or as the file's name.",
+                    parameter="name",
+                    location="query",
+                )
+            ]
+        )
+
+    claim = None
+    key = header(scope, b"idempotency-key")
+    if key is not None and principal.user_id is not None:
+        fingerprint = idempotency.fingerprint(
+            "POST",
+            scope["path"],
+            {
+                "query": scope["query_string"].decode(),
+                "name": name,
+                "type": body.content_type,
+                "length": declared and declared.decode(),
+            },
+        )
+        user_id = principal.user_id
+        record_id, earlier = await db.run(
+            lambda: idempotency.claim(db, user_id, key.decode("latin-1"), fingerprint)
+        )
+        if earlier is not None:
+            return earlier
+        claim = record_id
+
+    try:
+        stored = await _store(app.storage.upload(limit=limit), body, kind)
+
+        def insert() -> ConnexionResponse:
+            with db.transaction():
+                blob = kind.model(
+                    name=name,
+                    content_type=body.content_type,
+                    size=stored.size,
+                    md5=stored.md5,
+                    sha256=stored.sha256,
+                    storage_key=stored.key,
+                    **place,
+                )
+                session().add(blob)
+                resources.flush_unique(f"{kind.noun} {name} exists already here.")
+                response = hal.created(kind.represent(blob))
+                if claim is not None:
+                    idempotency.remember(claim, response)
+                return response
+
+        try:
+            return await db.run(insert)
+        except BaseException:
+            app.storage.delete(stored.key)
+            raise
+    except BaseException:
+        if claim is not None:
+            record_id = claim
+            await db.run(lambda: idempotency.release(db, record_id))
+        raise
+
+
+async def _store(target: Any, body: UploadBody, kind: BlobKind) -> Any:
+    """Stream the body into `target`; nothing stays behind if it stops short."""
+    head = b""
+    try:
+        async for chunk in body:
+            if len(head) < len(kind.magic):
+                head += chunk[: len(kind.magic)]
+                if len(head) >= len(kind.magic) and not head.startswith(kind.magic):
+                    raise _not_magic(kind)
+            await target.write(chunk)
+        if len(head) < len(kind.magic):
+            raise _not_magic(kind)
+        return await target.commit()
+    except TooLarge as exc:
+        await target.abort()
+        raise Problem("payload_too_large", f"The upload is over {exc.limit} bytes.") from None
+    except BaseException:
+        await target.abort()
+        raise
+
+
+def _not_magic(kind: BlobKind) -> Problem:
+    return Problem(
+        "invalid_value",
+        f"An {kind.noun.lower()} must be a QCOW2 disk image.",
+        errors=[
+            FieldError("format", "The upload does not start with the QCOW2 magic.", pointer="")
+        ],
+    )
+
+
+async def content(kind: BlobKind, blob_id: int) -> Any:
+    """The blob's bytes, with its strong ETag; `Range` gives 206, or 416 past the end."""
+    app, principal, scope = current_app(), current_principal(), current_scope()
+
+    def find() -> Blob:
+        with app.db.transaction(write=False):
+            return resources.find(
+                kind.model, blob_id, principal, members_only=False, noun=kind.noun
+            )
+
+    blob = await app.db.run(find)
+    etag = f'"{blob.sha256}"'
+    if none_match(_header(scope, b"if-none-match"), etag):
+        return ConnexionResponse(status_code=304, headers={"ETag": etag})
+    requested = _header(scope, b"range")
+    if requested is not None and blob.size > 0:
+        try:
+            RangedFileResponse._parse_range_header(requested, blob.size)
+        except RangeNotSatisfiable:
+            raise Problem(
+                "range_not_satisfiable",
+                f"The {kind.noun.lower()} has {blob.size} bytes.",
+                headers={"Content-Range": f"bytes */{blob.size}"},
+            ) from None
+        except MalformedRangeHeader:
+            raise validation_failed(
+                [
+                    FieldError(
+                        "invalid",
+                        "Range must look like bytes=0-99.",
+                        parameter="Range",
+                        location="header",
+                    )
+                ]
+            ) from None
+    return RangedFileResponse(
+        app.storage.local_path(blob.storage_key),
+        media_type=blob.content_type,
+        filename=blob.name,
+        headers={"ETag": etag},
+    )
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    value = header(scope, name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def find(kind: BlobKind, blob_id: int) -> Any:
+    return resources.find(
+        kind.model, blob_id, current_principal(), members_only=False, noun=kind.noun
+    )
+
+
+def rename(kind: BlobKind, blob_id: int, changes: dict[str, Any]) -> Any:
+    blob = resources.find_for_change(
+        kind.model, blob_id, current_principal(), members_only=False, noun=kind.noun
+    )
+    hal.require_unchanged(kind.represent(blob))
+    if "name" in changes:
+        blob.name = changes["name"]
+        blob.updated_at = utcnow()
+        resources.flush_unique(f"{kind.noun} {blob.name} exists already here.")
+    return blob
+
+
+def delete(kind: BlobKind, blob_id: int) -> None:
+    """Forget the blob; its bytes go once the deletion is committed."""
+    blob = resources.find_for_change(
+        kind.model, blob_id, current_principal(), members_only=False, noun=kind.noun
+    )
+    hal.require_unchanged(kind.represent(blob))
+    session().delete(blob)
+    session().flush()
+    storage, key = current_app().storage, blob.storage_key
+    after_commit(lambda: storage.delete(key))
