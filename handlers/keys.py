@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio.to_thread
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
@@ -11,7 +12,7 @@ from kiln import hal, resources
 from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
-from kiln.operations import current_app
+from kiln.operations import current_app, read, unit
 from kiln.pagination import paginate
 from kiln.problems import FieldError, Problem
 from kiln.sshkeys import InvalidKey, ParsedKey, parse_private_key
@@ -57,19 +58,23 @@ def list_namespace_keys(
     return list_keys(limit=limit, after=after, namespace_id=id, search=search)
 
 
-def create_key(body: dict[str, Any]) -> ConnexionResponse:
-    parsed = _parse(body["key"])
-    key = SshKey(
-        name=body["name"],
-        private_key=current_app().secrets.encrypt(body["key"].strip() + "\n"),
-        config=body.get("config", ""),
-        algorithm=parsed.algorithm,
-        fingerprint=parsed.fingerprint,
-        **resources.placement(current_principal(), body.get("namespace_id")),
-    )
-    session().add(key)
-    resources.flush_unique(f"A key {body['name']} exists already here.")
-    return hal.created(represent_key(key))
+async def create_key(body: dict[str, Any]) -> ConnexionResponse:
+    parsed = await _parse(body["key"])
+
+    def create() -> ConnexionResponse:
+        key = SshKey(
+            name=body["name"],
+            private_key=current_app().secrets.encrypt(body["key"].strip() + "\n"),
+            config=body.get("config", ""),
+            algorithm=parsed.algorithm,
+            fingerprint=parsed.fingerprint,
+            **resources.placement(current_principal(), body.get("namespace_id")),
+        )
+        session().add(key)
+        resources.flush_unique(f"A key {body['name']} exists already here.")
+        return hal.created(represent_key(key))
+
+    return await unit(create)
 
 
 def get_key(id: int) -> ConnexionResponse:
@@ -77,20 +82,27 @@ def get_key(id: int) -> ConnexionResponse:
     return hal.resource(represent_key(key))
 
 
-def update_key(id: int, body: dict[str, Any]) -> ConnexionResponse:
-    key = resources.find(SshKey, id, current_principal(), members_only=True, noun=NOUN)
-    hal.require_unchanged(represent_key(key))
-    if "key" in body:
-        parsed = _parse(body["key"])
-        key.private_key = current_app().secrets.encrypt(body["key"].strip() + "\n")
-        key.algorithm, key.fingerprint = parsed.algorithm, parsed.fingerprint
-    if "name" in body:
-        key.name = body["name"]
-    if "config" in body:
-        key.config = body["config"] if body["config"] is not None else ""
-    key.updated_at = utcnow()
-    resources.flush_unique(f"A key {key.name} exists already here.")
-    return hal.resource(represent_key(key))
+async def update_key(id: int, body: dict[str, Any]) -> ConnexionResponse:
+    await read(
+        lambda: resources.find(SshKey, id, current_principal(), members_only=True, noun=NOUN)
+    )
+    parsed = await _parse(body["key"]) if "key" in body else None
+
+    def update() -> ConnexionResponse:
+        key = resources.find(SshKey, id, current_principal(), members_only=True, noun=NOUN)
+        hal.require_unchanged(represent_key(key))
+        if parsed is not None:
+            key.private_key = current_app().secrets.encrypt(body["key"].strip() + "\n")
+            key.algorithm, key.fingerprint = parsed.algorithm, parsed.fingerprint
+        if "name" in body:
+            key.name = body["name"]
+        if "config" in body:
+            key.config = body["config"] if body["config"] is not None else ""
+        key.updated_at = utcnow()
+        resources.flush_unique(f"A key {key.name} exists already here.")
+        return hal.resource(represent_key(key))
+
+    return await unit(update)
 
 
 def delete_key(id: int) -> ConnexionResponse:
@@ -100,9 +112,10 @@ def delete_key(id: int) -> ConnexionResponse:
     return hal.no_content()
 
 
-def _parse(text: str) -> ParsedKey:
+async def _parse(text: str) -> ParsedKey:
+    """Parse off the event loop: checking a large RSA key takes seconds of CPU."""
     try:
-        return parse_private_key(text)
+        return await anyio.to_thread.run_sync(parse_private_key, text)
     except InvalidKey as exc:
         raise Problem(
             "invalid_value",

@@ -11,7 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from kiln import migrate
+from kiln import migrate, secrets
 from kiln.accounts import create_user, find_user, issue_token, parse_duration
 from kiln.bootstrap import ADMIN, first_admin_token
 from kiln.config import Settings
@@ -27,6 +27,10 @@ users = typer.Typer(help="Manage users.", no_args_is_help=True)
 tokens = typer.Typer(help="Manage tokens.", no_args_is_help=True)
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
+secret_keys = typer.Typer(
+    help="Manage the key that encrypts secrets at rest.", no_args_is_help=True
+)
+app.add_typer(secret_keys, name="secrets")
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -201,6 +205,30 @@ def tokens_create(
     finally:
         db.dispose()
     print(secret)
+
+
+@secret_keys.command("rotate")
+def secrets_rotate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Encrypt every stored secret with a new key; older keys still decrypt.
+
+    With KILN_SECRET_KEY set, put the new key first in it and run this to re-encrypt;
+    otherwise a new key is added to the data directory's key file.
+    """
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    db = _prepare(settings)
+    try:
+        if settings.secret_key:
+            box = secrets.load(settings.secret_key, settings.data_dir)
+        else:
+            secrets.load(None, settings.data_dir)  # make the file if it is not there yet
+            box = secrets.add_key(settings.data_dir)
+        count = secrets.reencrypt(db, box)
+    except ValueError as e:
+        err.print(f"[red]{e}; nothing was changed.[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    err.print(f"Re-encrypted {count} secrets with the new key ({len(box.keys)} keys in all).")
 
 
 def main() -> None:

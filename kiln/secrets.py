@@ -9,16 +9,25 @@ rotated (`kiln secrets rotate`) without losing what the old one encrypted.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlmodel import select
+
+from kiln.db import Database, session
 
 KEY_FILE = "secret.key"
 
 
 class SecretBox:
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(
+        self, keys: Iterable[bytes], reload: Callable[[], Iterable[bytes]] | None = None
+    ) -> None:
+        self._reload = reload
+        self._use(keys)
+
+    def _use(self, keys: Iterable[bytes]) -> None:
         self.keys = [k.strip() for k in keys if k.strip()]
         if not self.keys:
             raise ValueError("no encryption key")
@@ -31,11 +40,21 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
+            if self._reload is None:
+                raise ValueError("a secret cannot be decrypted with the configured keys") from None
+        # Another process rotated the key file: take its keys and try once more.
+        self._use(self._reload())
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
             raise ValueError("a secret cannot be decrypted with the configured keys") from None
 
     def rotate(self, token: str) -> str:
         """The same secret, encrypted with the newest key."""
-        return self._fernet.rotate(token.encode()).decode()
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise ValueError("a secret cannot be decrypted with the configured keys") from None
 
 
 def load(secret_key: str | None, data_dir: Path) -> SecretBox:
@@ -45,7 +64,7 @@ def load(secret_key: str | None, data_dir: Path) -> SecretBox:
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         _write_keys(path, [Fernet.generate_key()])
-    return SecretBox(path.read_bytes().splitlines())
+    return SecretBox(path.read_bytes().splitlines(), reload=lambda: path.read_bytes().splitlines())
 
 
 def add_key(data_dir: Path) -> SecretBox:
@@ -62,3 +81,18 @@ def _write_keys(path: Path, keys: list[bytes]) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(b"\n".join(k.strip() for k in keys if k.strip()) + b"\n")
     temporary.replace(path)
+
+
+def reencrypt(db: Database, box: SecretBox) -> int:
+    """Re-encrypt every stored secret with `box`'s newest key; how many there were."""
+    from models import SshKey, Variable, Webhook
+
+    count = 0
+    with db.transaction():
+        for model, column in ((Variable, "value"), (SshKey, "private_key"), (Webhook, "secret")):
+            for row in session().exec(select(model)):
+                token = getattr(row, column)
+                if token is not None:
+                    setattr(row, column, box.rotate(token))
+                    count += 1
+    return count

@@ -194,13 +194,13 @@ def test_refuses_rsa_under_2048_bits(fmt: serialization.PrivateFormat) -> None:
     assert_refused(_pem(key, fmt), "at least 2048 bits, not 1024")
 
 
-def test_refuses_rsa_over_16384_bits_before_the_slow_consistency_check() -> None:
+def test_refuses_rsa_over_8192_bits_before_the_slow_consistency_check() -> None:
     # Made-up numbers that fail the consistency check: only the size check can explain the message.
     p, q = 2**8200 + 1, 2**8200 + 3
     numbers = rsa.RSAPrivateNumbers(p, q, 3, 3, 3, 3, rsa.RSAPublicNumbers(65537, p * q))
     key = numbers.private_key(unsafe_skip_rsa_key_validation=True)
 
-    assert_refused(_pem(key, PKCS8_FORMAT), "at most 16384 bits, not 16401")
+    assert_refused(_pem(key, PKCS8_FORMAT), "at most 8192 bits, not 16401")
 
 
 @pytest.mark.parametrize(
