@@ -21,7 +21,7 @@ from kiln.config import Settings
 from kiln.db import after_commit, session, utcnow
 from kiln.etag import none_match
 from kiln.operations import current_app
-from kiln.problems import FieldError, Problem, validation_failed
+from kiln.problems import FieldError, Problem
 from kiln.storage import TooLarge
 from kiln.uploads import UploadBody
 from models import Blob
@@ -42,6 +42,15 @@ class RangedFileResponse(FileResponse):
     # One range per request: a request for several gets the whole file (RFC 9110 allows it),
     # so every partial answer is a single `Content-Range` of the blob's own media type.
     max_ranges = 1
+
+    def __init__(self, *args: Any, ignore_range: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ignore_range = ignore_range
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.ignore_range:  # a Range we cannot read is ignored, as RFC 9110 says
+            scope = {**scope, "headers": [h for h in scope["headers"] if h[0] != b"range"]}
+        await super().__call__(scope, receive, send)
 
 
 async def upload(
@@ -64,15 +73,18 @@ async def upload(
     await body.open()
     name = name or body.filename
     if name is None or not NAME.match(name):
-        raise validation_failed(
-            [
+        # Only the body can say whether a name is missing, so this is not a schema error.
+        raise Problem(
+            "invalid_value",
+            "Give the name as ?name= (letters, digits, . _ + -) or as the file part's name.",
+            errors=[
                 FieldError(
                     "required" if name is None else "pattern",
-                    "Give the name as ?name= (letters, digits, . _ + -) or as the file's name.",
+                    "A usable name is needed.",
                     parameter="name",
                     location="query",
                 )
-            ]
+            ],
         )
 
     claim = None
@@ -175,6 +187,7 @@ async def content(kind: BlobKind, blob_id: int) -> Any:
     if none_match(_header(scope, b"if-none-match"), etag):
         return ConnexionResponse(status_code=304, headers={"ETag": etag})
     requested = _header(scope, b"range")
+    malformed = requested is not None and blob.size == 0
     if requested is not None and blob.size > 0:
         try:
             RangedFileResponse._parse_range_header(requested, blob.size)
@@ -185,21 +198,13 @@ async def content(kind: BlobKind, blob_id: int) -> Any:
                 headers={"Content-Range": f"bytes */{blob.size}"},
             ) from None
         except MalformedRangeHeader:
-            raise validation_failed(
-                [
-                    FieldError(
-                        "invalid",
-                        "Range must look like bytes=0-99.",
-                        parameter="Range",
-                        location="header",
-                    )
-                ]
-            ) from None
+            malformed = True
     return RangedFileResponse(
         app.storage.local_path(blob.storage_key),
-        media_type=blob.content_type,
+        media_type="application/octet-stream",
         filename=blob.name,
         headers={"ETag": etag},
+        ignore_range=malformed,
     )
 
 

@@ -1,4 +1,5 @@
-"""HTTPS only: plain HTTP is refused, and every answer tells browsers to stay on HTTPS."""
+"""HTTPS only: plain HTTP is refused, and every answer tells browsers to stay on
+HTTPS and to take each body as the type it is labelled with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kiln.asgi import send_problem
 from kiln.problems import Problem
 
-HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+SECURITY_HEADERS = (
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+    (b"x-content-type-options", b"nosniff"),
+)
 
 
 class HttpsOnlyMiddleware:
@@ -27,9 +31,9 @@ class HttpsOnlyMiddleware:
             )
             return
 
-        async def send_with_hsts(message: Message) -> None:
+        async def send_with_security_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), HSTS]
+                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
             await send(message)
 
-        await self.app(scope, receive, send_with_hsts)
+        await self.app(scope, receive, send_with_security_headers)

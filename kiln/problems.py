@@ -93,14 +93,19 @@ class FieldError:
     location: str | None = None
 
     def as_json(self) -> dict[str, str]:
-        out = {"code": self.code, "detail": self.detail}
+        # Details may quote what the client sent; the contract bounds every field.
+        out = {"code": self.code[:64], "detail": _clip(self.detail, 1000)}
         if self.pointer is not None:
-            out["pointer"] = self.pointer
+            out["pointer"] = _clip(self.pointer, 1024)
         if self.parameter is not None:
-            out["parameter"] = self.parameter
+            out["parameter"] = _clip(self.parameter, 100)
         if self.location is not None:
             out["in"] = self.location
         return out
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Problem(Exception):
@@ -147,7 +152,7 @@ def render(
         "instance": instance[:2048],
     }
     if problem.detail:
-        body["detail"] = problem.detail[:2000]
+        body["detail"] = _clip(problem.detail, 2000)
     if problem.errors:
         body["errors"] = [e.as_json() for e in problem.errors[:200]]
     headers = {"Content-Type": PROBLEM_JSON, **problem.headers}

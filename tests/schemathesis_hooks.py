@@ -32,3 +32,16 @@ class MintedToken:
 
     def set(self, case: Any, data: str, context: Any) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    # Uploads take `*/*`. Schemathesis sends bytes drawn for it with whichever
+    # serializer it picks: for `*/*` itself or any `multipart/*` type that is a
+    # multipart/form-data body with no parts at all. Bytes for "any type" go out as
+    # application/octet-stream instead; real forms are left alone.
+    media_type = (case.media_type or "").lower()
+    if media_type == "*/*" or (
+        media_type.startswith("multipart/") and not isinstance(case.body, dict)
+    ):
+        case.media_type = "application/octet-stream"

@@ -165,3 +165,13 @@ def test_request_id_is_made_when_missing_or_unsafe(client: httpx.Client) -> None
     }
     assert len(ids) == 2
     assert all(len(i) == 26 and i.isalnum() for i in ids)
+
+
+def test_details_that_quote_the_request_stay_within_the_contract(
+    client: httpx.Client, alice: Account
+) -> None:
+    name = "p" * 5000
+    response = client.get(f"/api/v1/namespaces?{name}=1", headers=alice.auth)
+    error = assert_problem(response, 400, "validation_failed")["errors"][0]
+    assert len(error["parameter"]) == 100
+    assert len(error["detail"]) <= 1000

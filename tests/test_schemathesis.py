@@ -40,8 +40,10 @@ def test_schemathesis_finds_no_failures(tmp_path: Path) -> None:
                 str(server.cert),
                 "--max-examples",
                 "100",
+                # One worker: CPython 3.11 can raise "AST constructor recursion depth
+                # mismatch" when Hypothesis parses lambdas in two threads at once.
                 "--workers",
-                "2",
+                "1",
                 "--no-color",
             ],
             capture_output=True,

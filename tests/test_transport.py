@@ -35,9 +35,11 @@ def test_forwarded_proto_is_honoured_from_a_trusted_proxy(
         assert response.json()["code"] == "https_required"
 
 
-def test_every_answer_carries_hsts(client: httpx.Client) -> None:
+def test_every_answer_carries_hsts_and_nosniff(client: httpx.Client) -> None:
     for path in ("/healthz", "/nope", "/api/v1/user"):
-        assert client.get(path).headers["strict-transport-security"].startswith("max-age=")
+        headers = client.get(path).headers
+        assert headers["strict-transport-security"].startswith("max-age=")
+        assert headers["x-content-type-options"] == "nosniff"
 
 
 def test_hal_by_default_and_json_for_json_only_clients(
