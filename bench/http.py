@@ -22,45 +22,20 @@ import asyncio
 import itertools
 import os
 import ssl
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from bench.loadgen import Result, drive, get, post
-from tests.processes import REPO, kiln_env, run_kiln
+from bench.servers import serving, uvicorn_command
+from tests.processes import kiln_env, run_kiln
 from tests.support import free_port
 
 TARGET_GET_RATIO = 0.5
 TARGETS = ("kiln", "data", "sql")
-
-
-@contextmanager
-def serving(command: list[str], env: dict[str, str], probe: str, ca: Path) -> Iterator[None]:
-    process = subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{' '.join(command)} did not start")
-            if ca.exists():
-                try:
-                    httpx.get(probe, verify=ssl.create_default_context(cafile=ca), timeout=2)
-                    break
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.1)
-        yield
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def load(
@@ -99,23 +74,6 @@ def main() -> None:
         ports = {target: free_port() for target in TARGETS}
         base_env = {**env, "BARE_DATABASE_URL": f"sqlite:///{data_dir / 'kiln.db'}"}
 
-        def uvicorn(app: str, port: int) -> list[str]:
-            return [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--ssl-certfile",
-                str(cert),
-                "--ssl-keyfile",
-                str(key),
-            ]
-
         kiln_cmd = [sys.executable, "-m", "kiln", "serve", "--port", str(ports["kiln"])]
         with serving(kiln_cmd, env, f"https://127.0.0.1:{ports['kiln']}/healthz", cert):
             context = ssl.create_default_context(cafile=cert)
@@ -128,13 +86,13 @@ def main() -> None:
             probe = "/api/v1/namespaces/1"
             with (
                 serving(
-                    uvicorn("bench.bare_app:data_app", ports["data"]),
+                    uvicorn_command("bench.bare_app:data_app", ports["data"], cert, key),
                     base_env,
                     f"https://127.0.0.1:{ports['data']}{probe}",
                     cert,
                 ),
                 serving(
-                    uvicorn("bench.bare_app:sql_app", ports["sql"]),
+                    uvicorn_command("bench.bare_app:sql_app", ports["sql"], cert, key),
                     base_env,
                     f"https://127.0.0.1:{ports['sql']}{probe}",
                     cert,

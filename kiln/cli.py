@@ -87,6 +87,17 @@ def serve(
             help="Check every response against the contract. [env: KILN_VALIDATE_RESPONSES]"
         ),
     ] = None,
+    webhooks_allow_private: Annotated[
+        bool | None,
+        typer.Option(
+            help="Let webhooks call loopback, private, link-local and multicast addresses."
+            " [env: KILN_WEBHOOKS_ALLOW_PRIVATE]"
+        ),
+    ] = None,
+    webhooks_allow_http: Annotated[
+        bool | None,
+        typer.Option(help="Let webhooks use http:// payload URLs. [env: KILN_WEBHOOKS_ALLOW_HTTP]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
 ) -> None:
     """Apply migrations and serve the API over HTTPS."""
@@ -104,6 +115,8 @@ def serve(
         forwarded_allow_ips=forwarded_allow_ips,
         rate_limit_storage=rate_limit_storage,
         validate_responses=validate_responses,
+        webhooks_allow_private=webhooks_allow_private,
+        webhooks_allow_http=webhooks_allow_http,
         log_level=log_level,
     )
     configure_logging(settings.log_level)

@@ -2,9 +2,10 @@
 
 An upload is written to a temporary file while its size, MD5 and SHA-256 are
 computed, and only becomes a blob when committed (an atomic rename); an aborted,
-oversized or interrupted upload leaves nothing behind. The hashing and writing run
-on a thread of the upload's own, fed 1 MiB batches through a bounded queue, so the
-event loop keeps receiving while the digests are computed and memory stays bounded.
+oversized or interrupted upload leaves nothing behind. The digests and the writing
+run on two threads of the upload's own (MD5 on one, SHA-256 and the file on the
+other: hashlib and file writes let go of the GIL), each fed batches of about 1 MiB
+through a bounded queue, so the event loop keeps receiving and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +23,7 @@ from typing import Protocol
 import anyio.to_thread
 
 BATCH = 1 << 20
+Batch = tuple[bytes, ...]
 IN_FLIGHT_BATCHES = 8
 
 
@@ -71,6 +74,40 @@ class FileSystemStorage:
         self.local_path(key).unlink(missing_ok=True)
 
 
+class _Lane:
+    """A thread applying `work` to each chunk in turn, at most IN_FLIGHT_BATCHES batches
+    behind."""
+
+    def __init__(self, work: Callable[[bytes], object], name: str) -> None:
+        self._work = work
+        self._batches: queue.Queue[Batch | None] = queue.Queue(maxsize=IN_FLIGHT_BATCHES)
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self.failure is None:
+                try:
+                    for chunk in batch:
+                        self._work(chunk)
+                except BaseException as exc:  # reported by the next put or by finish
+                    self.failure = exc
+
+    async def put(self, batch: Batch | None) -> None:
+        try:
+            self._batches.put_nowait(batch)
+        except queue.Full:  # the thread is behind: wait for it off the event loop
+            await anyio.to_thread.run_sync(self._batches.put, batch)
+
+    async def finish(self, *, skip_the_rest: bool = False) -> None:
+        """Let the thread work through what it was given (or drop it), then stop it."""
+        if skip_the_rest:
+            self.failure = self.failure or RuntimeError("aborted")
+        await self.put(None)
+        await anyio.to_thread.run_sync(self._thread.join)
+
+
 class FileUpload:
     def __init__(self, root: Path, limit: int) -> None:
         self.root = root
@@ -82,65 +119,57 @@ class FileUpload:
         self._file = self._temporary.open("wb")
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
-        self._pending = bytearray()
-        self._batches: queue.Queue[bytes | None] = queue.Queue(maxsize=IN_FLIGHT_BATCHES)
-        self._failure: BaseException | None = None
-        self._worker = threading.Thread(target=self._consume, name="kiln-upload", daemon=True)
-        self._worker.start()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._lanes = (
+            _Lane(self._md5.update, "kiln-upload-md5"),
+            _Lane(self._hash_and_write, "kiln-upload-write"),
+        )
+        self._finished = False
 
-    def _consume(self) -> None:
-        while (batch := self._batches.get()) is not None:
-            if self._failure is None:
-                try:
-                    self._md5.update(batch)
-                    self._sha256.update(batch)
-                    self._file.write(batch)
-                except BaseException as exc:  # reported by the next write or commit
-                    self._failure = exc
+    def _hash_and_write(self, batch: bytes) -> None:
+        self._sha256.update(batch)
+        self._file.write(batch)
 
     async def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > self.limit:
             raise TooLarge(self.limit)
-        self._pending += chunk
-        if len(self._pending) >= BATCH:
-            await self._hand_over(bytes(self._pending))
-            self._pending.clear()
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= BATCH:
+            await self._hand_over()
 
-    async def _hand_over(self, batch: bytes | None) -> None:
-        if self._failure is not None:
-            raise self._failure
-        try:
-            self._batches.put_nowait(batch)
-        except queue.Full:  # the worker is behind: wait for it off the event loop
-            await anyio.to_thread.run_sync(self._batches.put, batch)
+    async def _hand_over(self) -> None:
+        batch = tuple(self._pending)  # the chunks themselves, not a copy
+        self._pending.clear()
+        self._pending_size = 0
+        for lane in self._lanes:
+            if lane.failure is not None:
+                raise lane.failure
+            await lane.put(batch)
 
-    async def _drain(self) -> None:
-        """Let the worker finish what it was given, then stop it."""
-        try:
-            self._batches.put_nowait(None)
-        except queue.Full:
-            await anyio.to_thread.run_sync(self._batches.put, None)
-        await anyio.to_thread.run_sync(self._worker.join)
+    async def _finish(self, *, skip_the_rest: bool = False) -> None:
+        if not self._finished:
+            self._finished = True
+            for lane in self._lanes:
+                await lane.finish(skip_the_rest=skip_the_rest)
         self._file.close()
 
     async def commit(self) -> StoredBlob:
         if self._pending:
-            await self._hand_over(bytes(self._pending))
-            self._pending.clear()
-        await self._drain()
-        if self._failure is not None:
+            await self._hand_over()
+        await self._finish()
+        failure = next((lane.failure for lane in self._lanes if lane.failure), None)
+        if failure is not None:
             await self.abort()
-            raise self._failure
+            raise failure
         final = self.root / self.key
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._temporary, final)
         return StoredBlob(self.key, self.size, self._md5.hexdigest(), self._sha256.hexdigest())
 
     async def abort(self) -> None:
-        if self._worker.is_alive():
-            self._failure = self._failure or RuntimeError("aborted")  # the worker skips the rest
-            self._pending.clear()
-            await self._drain()
-        self._file.close()
+        self._pending.clear()
+        await self._finish(skip_the_rest=True)
         self._temporary.unlink(missing_ok=True)

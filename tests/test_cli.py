@@ -39,6 +39,23 @@ def test_flags_also_come_from_the_environment(tmp_path: Path) -> None:
         assert "Started server process" not in server.output
 
 
+def test_serve_flags_let_webhooks_reach_a_private_http_address(tmp_path: Path) -> None:
+    hook = {"payload_url": "http://127.0.0.1:9/hook", "events": ["build.finished"]}
+    for flags, expected in (
+        ((), 422),
+        (("--webhooks-allow-private", "--webhooks-allow-http"), 201),
+    ):
+        with KilnServe(tmp_path / f"data{len(flags)}", *flags) as server:
+            token = next(line for line in server.output.splitlines() if TOKEN.match(line))
+            auth = {"Authorization": f"Bearer {token}"}
+            with server.client() as client:
+                namespace = client.post("/api/v1/namespaces", json={"name": "n"}, headers=auth)
+                created = client.post(
+                    f"/api/v1/namespaces/{namespace.json()['id']}/webhooks", json=hook, headers=auth
+                )
+                assert created.status_code == expected, created.text
+
+
 def test_users_and_tokens_made_offline_work_online(client: httpx.Client, database_url: str) -> None:
     name = unique("cli")
     created = run_kiln("users", "create", name, "--database-url", database_url, stdin="s3cret\n")
