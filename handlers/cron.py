@@ -7,13 +7,15 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
-from kiln import hal, manifest, resources, schedules
+from handlers.builds import page_of_builds_where
+from kiln import builds, hal, resources, schedules
 from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
+from kiln.operations import current_app
 from kiln.pagination import paginate
 from kiln.problems import FieldError, validation_failed
-from models import CronJob
+from models import Build, CronJob
 
 NOUN = "Cron job"
 
@@ -62,12 +64,13 @@ def list_namespace_cron_jobs(
 
 
 def create_cron_job(body: dict[str, Any]) -> ConnexionResponse:
-    _check(body)
+    _check(body, body.get("namespace_id"))
     job = CronJob(
         name=body["name"],
         schedule=body["schedule"].strip(),
         manifest=body["manifest"],
         next_run=schedules.next_after(body["schedule"], utcnow()),
+        created_by=current_principal().user_id,
         **resources.placement(current_principal(), body.get("namespace_id")),
     )
     session().add(job)
@@ -83,7 +86,7 @@ def get_cron_job(id: int) -> ConnexionResponse:
 def update_cron_job(id: int, body: dict[str, Any]) -> ConnexionResponse:
     job = resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
     hal.require_unchanged(represent_cron_job(job))
-    _check(body)
+    _check(body, job.namespace_id)
     if "schedule" in body:
         job.schedule = body["schedule"].strip()
         job.next_run = schedules.next_after(job.schedule, utcnow())
@@ -105,11 +108,11 @@ def delete_cron_job(id: int) -> ConnexionResponse:
 
 def list_cron_job_builds(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
     resources.find(CronJob, id, current_principal(), members_only=True, noun=NOUN)
-    # Builds come with the worker; until then no cron job has fired.
-    return hal.collection("builds", [], {"self": hal.link(f"/api/v1/cron/{id}/builds")})
+    return page_of_builds_where(Build.cron_job_id == id, limit, after)
 
 
-def _check(body: dict[str, Any]) -> None:
+def _check(body: dict[str, Any], namespace_id: int | None) -> None:
+    """The schedule, and the manifest checked exactly as a submission would be."""
     if "schedule" in body and not schedules.is_valid(body["schedule"]):
         raise validation_failed(
             [
@@ -121,4 +124,10 @@ def _check(body: dict[str, Any]) -> None:
             ]
         )
     if "manifest" in body:
-        manifest.load(body["manifest"])
+        builds.check(
+            body["manifest"],
+            current_principal(),
+            current_app().settings,
+            default_namespace_id=namespace_id,
+            create_namespaces=False,
+        )

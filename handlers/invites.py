@@ -9,7 +9,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, delete, select
 
 from handlers.namespaces import represent_collaborator
-from kiln import access, hal
+from kiln import access, events, hal
 from kiln.accounts import find_user
 from kiln.auth import Principal, current_principal
 from kiln.db import session
@@ -112,9 +112,9 @@ def create_invite(id: int, body: dict[str, Any]) -> ConnexionResponse:
     invite = Invite(namespace_id=id, user_id=user.id, inviter_id=principal.user_id)
     session().add(invite)
     flush_unique(f"{user.username} is invited to {namespace.path} already.")
-    return hal.created(
-        represent_invite(invite, namespace.path, user.username, principal.username or "")
-    )
+    body = represent_invite(invite, namespace.path, user.username, principal.username or "")
+    events.emit(id, "invite.sent", body)
+    return hal.created(body)
 
 
 def list_namespace_invites(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
@@ -138,13 +138,15 @@ def get_invite(id: int) -> ConnexionResponse:
 
 
 def accept_invite(id: int) -> ConnexionResponse:
-    invite, *_, is_invitee = _find(id)
+    invite, path, invitee, inviter, is_invitee = _find(id)
     if not is_invitee:
         raise Problem("permission_denied", "Only the invited user accepts an invite.")
+    accepted = represent_invite(invite, path, invitee, inviter)
     collaborator = Collaborator(namespace_id=invite.namespace_id, user_id=invite.user_id)
     session().add(collaborator)
     session().exec(delete(Invite).where(col(Invite.id) == id))
     session().flush()
+    events.emit(invite.namespace_id, "invite.accepted", accepted)
     user = session().get(User, invite.user_id)
     assert user is not None
     return hal.resource(represent_collaborator(user, invite.namespace_id, collaborator.created_at))

@@ -8,7 +8,7 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 
-from kiln import access, hal, namespaces
+from kiln import access, events, hal, namespaces
 from kiln.auth import current_principal
 from kiln.db import session
 from kiln.pagination import paginate
@@ -158,4 +158,6 @@ def _change(namespace_id: int, changes: dict[str, Any]) -> ConnexionResponse:
     namespace, owner, _ = access.find_writable(current_principal(), namespace_id)
     hal.require_unchanged(represent_namespace(namespace, owner))
     namespaces.change(namespace, changes)
-    return hal.resource(represent_namespace(namespace, owner))
+    body = represent_namespace(namespace, owner)
+    events.emit(namespace_id, "namespace.updated", body)
+    return hal.resource(body)

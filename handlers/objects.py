@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from connexion.lifecycle import ConnexionResponse
+from sqlmodel import col, select
 
+from handlers.builds import page_of_builds_where
 from kiln import blobs, hal, resources
 from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.pagination import paginate
-from models import Blob, StoredObject
+from models import Blob, Build, BuildObject, StoredObject
 
 NOUN = "Object"
 
@@ -94,5 +96,5 @@ async def get_object_content(id: int) -> Any:
 
 def list_object_builds(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
     blobs.find(KIND, id)
-    # Builds come with the worker; until then no build has used any object.
-    return hal.collection("builds", [], {"self": hal.link(f"/api/v1/objects/{id}/builds")})
+    placed = select(BuildObject.build_id).where(BuildObject.object_id == id)
+    return page_of_builds_where(col(Build.id).in_(placed), limit, after)

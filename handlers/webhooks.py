@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 
-from kiln import access, hal, webhook_targets
+from kiln import access, events, hal, webhook_targets
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
 from kiln.operations import current_app, read, unit
@@ -208,18 +207,9 @@ def get_webhook_delivery(id: int, webhook_id: int, delivery_id: int) -> Connexio
 
 
 def ping_webhook(id: int, webhook_id: int) -> ConnexionResponse:
-    """Queue a `ping` event for the webhook; the worker delivers it."""
+    """Queue a `ping` event for the webhook; `kiln.deliveries` delivers it."""
     webhook = _find(id, webhook_id, manage=True)
-    payload = {"event": "ping", "webhook": represent_webhook(webhook)}
-    delivery = WebhookDelivery(
-        webhook_id=webhook_id,
-        guid=str(uuid.uuid4()),
-        event="ping",
-        payload=hal.dumps(payload).decode(),
-        next_attempt_at=utcnow(),
-    )
-    session().add(delivery)
-    session().flush()
+    delivery = events.queue_delivery(webhook, "ping", represent_webhook(webhook))
     return hal.accepted(represent_delivery(webhook, delivery, []))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from functools import partial
@@ -16,18 +17,18 @@ from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.options import SwaggerUIOptions
 from starlette.types import Receive, Scope, Send
 
-from kiln import errors, secrets, spec
+from kiln import background, errors, spec
 from kiln.auth import SECURITY_MAP, KilnSecurityMiddleware
+from kiln.background import Background
 from kiln.body_limit import BodyLimitMiddleware
 from kiln.config import Settings
 from kiln.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths
-from kiln.db import Database
 from kiln.https import HttpsOnlyMiddleware
 from kiln.negotiation import AcceptMiddleware
 from kiln.operations import UnitOfWorkResolver
 from kiln.ratelimit import RateLimitMiddleware, RateLimits
 from kiln.request_log import RequestLogMiddleware
-from kiln.storage import FileSystemStorage, Storage
+from kiln.services import Services
 from kiln.validation import VALIDATOR_MAP, KilnRequestValidationMiddleware
 
 
@@ -35,11 +36,14 @@ class Kiln:
     """The ASGI application, and the services every operation shares."""
 
     def __init__(self, settings: Settings) -> None:
+        self.services = Services.from_settings(settings)
         self.settings = settings
-        self.db = Database(settings.resolved_database_url)
+        self.db = self.services.db
+        self.secrets = self.services.secrets
+        self.storage = self.services.storage
         self.limits = RateLimits(settings)
-        self.secrets = secrets.load(settings.secret_key, settings.data_dir)
-        self.storage: Storage = FileSystemStorage(settings.data_dir / "blobs")
+        self.background: Background | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.api = KilnAsyncApp(
             __name__,
             specification_dir=spec.SPEC_PATH.parent,
@@ -74,11 +78,20 @@ class Kiln:
         scope["kiln.app"] = self
         await self._asgi(scope, receive, send)
 
+    def nudge(self, topic: str) -> None:
+        """Wake this process's background loops that wait on `topic`; callable from
+        the threads database work runs in."""
+        if self.background is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.background.nudge, topic)
+
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        self.background = background.start_configured(self.services)
         try:
             yield
         finally:
+            await self.background.stop(self.settings.grace_seconds)
             self.db.dispose()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from connexion.context import receive as current_receive
@@ -174,7 +175,7 @@ def _not_magic(kind: BlobKind) -> Problem:
 
 async def content(kind: BlobKind, blob_id: int) -> Any:
     """The blob's bytes, with its strong ETag; `Range` gives 206, or 416 past the end."""
-    app, principal, scope = current_app(), current_principal(), current_scope()
+    app, principal = current_app(), current_principal()
 
     def find() -> Blob:
         with app.db.transaction(write=False):
@@ -183,26 +184,39 @@ async def content(kind: BlobKind, blob_id: int) -> Any:
             )
 
     blob = await app.db.run(find)
-    etag = f'"{blob.sha256}"'
+    return serve_file(
+        app.storage.local_path(blob.storage_key),
+        name=blob.name,
+        size=blob.size,
+        sha256=blob.sha256,
+        noun=kind.noun.lower(),
+    )
+
+
+def serve_file(path: Path, *, name: str, size: int, sha256: str, noun: str) -> Any:
+    """Stored bytes as a download: strong ETag (their SHA-256), `If-None-Match`, and
+    one `Range` (206; 416 past the end; a malformed one is ignored)."""
+    scope = current_scope()
+    etag = f'"{sha256}"'
     if none_match(_header(scope, b"if-none-match"), etag):
         return ConnexionResponse(status_code=304, headers={"ETag": etag})
     requested = _header(scope, b"range")
-    malformed = requested is not None and blob.size == 0
-    if requested is not None and blob.size > 0:
+    malformed = requested is not None and size == 0
+    if requested is not None and size > 0:
         try:
-            RangedFileResponse._parse_range_header(requested, blob.size)
+            RangedFileResponse._parse_range_header(requested, size)
         except RangeNotSatisfiable:
             raise Problem(
                 "range_not_satisfiable",
-                f"The {kind.noun.lower()} has {blob.size} bytes.",
-                headers={"Content-Range": f"bytes */{blob.size}"},
+                f"The {noun} has {size} bytes.",
+                headers={"Content-Range": f"bytes */{size}"},
             ) from None
         except MalformedRangeHeader:
             malformed = True
     return RangedFileResponse(
-        app.storage.local_path(blob.storage_key),
+        path,
         media_type="application/octet-stream",
-        filename=blob.name,
+        filename=name,
         headers={"ETag": etag},
         ignore_range=malformed,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import sys
 from pathlib import Path
@@ -98,9 +99,14 @@ def serve(
         bool | None,
         typer.Option(help="Let webhooks use http:// payload URLs. [env: KILN_WEBHOOKS_ALLOW_HTTP]"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Build workers to run in this process; 0 for none. [env: KILN_WORKERS]"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
 ) -> None:
-    """Apply migrations and serve the API over HTTPS."""
+    """Apply migrations and serve the API over HTTPS, with build workers, the cron
+    scheduler and webhook delivery beside it."""
     from kiln.app import Kiln
     from kiln.server import configure_logging, uvicorn_config
 
@@ -117,6 +123,7 @@ def serve(
         validate_responses=validate_responses,
         webhooks_allow_private=webhooks_allow_private,
         webhooks_allow_http=webhooks_allow_http,
+        workers=workers,
         log_level=log_level,
     )
     configure_logging(settings.log_level)
@@ -218,6 +225,44 @@ def tokens_create(
     finally:
         db.dispose()
     print(secret)
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    workers: Annotated[int, typer.Option(help="Builds to run at once.")] = 1,
+    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+) -> None:
+    """Run build workers against the same database and data directory as `kiln serve`.
+    SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits."""
+    from kiln import worker as build_worker
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
+    _run_background(settings, [(f"worker-{n}", build_worker.run) for n in range(workers)])
+
+
+@app.command()
+def scheduler(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+) -> None:
+    """Run the cron scheduler (and webhook delivery) on its own."""
+    from kiln import deliveries
+    from kiln import scheduler as cron
+
+    settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
+    _run_background(settings, [("scheduler", cron.run), ("deliveries", deliveries.run)])
+
+
+def _run_background(settings: Settings, loops: list[tuple[str, Any]]) -> None:
+    from kiln.background import run_until_signalled
+    from kiln.server import configure_logging
+
+    configure_logging(settings.log_level)
+    _prepare(settings).dispose()
+    asyncio.run(run_until_signalled(settings, loops))
 
 
 @secret_keys.command("rotate")

@@ -35,6 +35,20 @@ class Settings(BaseSettings):
     validate_responses: bool = False
     log_level: str = "info"
 
+    # Background work: build workers, the cron scheduler, webhook delivery.
+    workers: int = Field(default=1, ge=0, le=64)
+    scheduler: bool = True
+    deliveries: bool = True
+    drivers: str = "local"  # the driver types this deployment runs, comma-separated
+    build_timeout: str = "1h"  # for manifests that name none
+    max_build_timeout: str = "24h"
+    poll_interval: float = Field(default=0.25, gt=0)  # seconds between looks at the queues
+    lease_seconds: float = Field(default=30.0, gt=0)  # a worker's hold on a build it runs
+    grace_seconds: float = Field(default=30.0, ge=0)  # for running jobs when told to stop
+    kill_grace_seconds: float = Field(default=5.0, ge=0)  # SIGTERM, then SIGKILL after this
+    webhook_retry_seconds: float = Field(default=10.0, gt=0)  # first retry; doubles after
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
     @field_validator("data_dir", "cert", "key")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
@@ -46,6 +60,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return normalize_url(self.database_url)
         return f"sqlite:///{(self.data_dir / 'kiln.db').resolve()}"
+
+    @property
+    def enabled_drivers(self) -> set[str]:
+        return {d.strip() for d in self.drivers.split(",") if d.strip()}
 
     @property
     def trusted_proxies(self) -> list[str]:

@@ -47,15 +47,19 @@ def paginate(
     limit: int,
     after: str | None,
     params: dict[str, Any] | None = None,
+    newest_first: bool = False,
 ) -> Page:
-    """Rows of `query` after the cursor in `key` order, and the page's self/next links.
+    """Rows of `query` after the cursor in `key` order (descending when `newest_first`),
+    and the page's self/next links.
 
     `key` is a unique, increasing integer column of the first entity the query
     selects; rows are that entity, or tuples when the query selects more.
     """
     if after is not None:
-        query = query.where(col(key) > decode_cursor(after))
-    rows = list(session().exec(query.order_by(key).limit(limit + 1), params=params or {}).all())
+        cursor = decode_cursor(after)
+        query = query.where(col(key) < cursor if newest_first else col(key) > cursor)
+    order = col(key).desc() if newest_first else key
+    rows = list(session().exec(query.order_by(order).limit(limit + 1), params=params or {}).all())
     links: dict[str, Any] = {"self": link(_url())}
     if len(rows) > limit:
         rows = rows[:limit]

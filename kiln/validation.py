@@ -24,8 +24,10 @@ from connexion.middleware.request_validation import (
 )
 from connexion.utils import is_null, is_nullable
 from connexion.validators import (
+    AbstractResponseBodyValidator,
     FormDataValidator,
     JSONRequestBodyValidator,
+    JSONResponseBodyValidator,
     MultiPartFormDataValidator,
     ParameterValidator,
 )
@@ -331,6 +333,16 @@ class KilnJSONBodyValidator(JSONRequestBodyValidator):  # type: ignore[misc]
 
 _MISSING = object()
 
+
+class StreamedTextValidator(AbstractResponseBodyValidator):  # type: ignore[misc]
+    """Text answers pass as they are sent: build output streams for as long as a job
+    runs, and a text body is a string whatever it holds, so there is nothing to hold
+    it back for."""
+
+    def wrap_send(self, send: Send) -> Send:
+        return send
+
+
 VALIDATOR_MAP = {
     "parameter": KilnParameterValidator,
     "body": MediaTypeDict(
@@ -339,5 +351,8 @@ VALIDATOR_MAP = {
             "application/x-www-form-urlencoded": FormDataValidator,
             "multipart/form-data": MultiPartFormDataValidator,
         }
+    ),
+    "response": MediaTypeDict(
+        {"*/*json": JSONResponseBodyValidator, "text/plain": StreamedTextValidator}
     ),
 }

@@ -1,6 +1,16 @@
 """Kiln's tables. Importing this package registers every table on `SQLModel.metadata`."""
 
 from models.blob import Blob, Image, StoredObject
+from models.build import (
+    Artifact,
+    Build,
+    BuildCounter,
+    BuildKey,
+    BuildObject,
+    BuildTag,
+    BuildVariable,
+    Job,
+)
 from models.cron_job import CronJob
 from models.idempotency import IdempotencyRecord
 from models.invite import Invite
@@ -14,13 +24,21 @@ from models.webhook import DeliveryAttempt, Webhook, WebhookDelivery
 
 __all__ = [
     "MAX_DEPTH",
+    "Artifact",
     "Blob",
+    "Build",
+    "BuildCounter",
+    "BuildKey",
+    "BuildObject",
+    "BuildTag",
+    "BuildVariable",
     "Collaborator",
     "CronJob",
     "DeliveryAttempt",
     "IdempotencyRecord",
     "Image",
     "Invite",
+    "Job",
     "Namespace",
     "NamespaceAncestor",
     "Owned",

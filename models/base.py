@@ -25,3 +25,8 @@ def reference(target: str, *, nullable: bool = False, index: bool = True) -> Any
         nullable=nullable,
         index=index,
     )
+
+
+def weak_reference(target: str) -> Any:
+    """A foreign key that is cleared, not followed, when the row it points at goes."""
+    return Field(default=None, foreign_key=target, ondelete="SET NULL", nullable=True, index=True)

@@ -5,7 +5,7 @@ import datetime as dt
 from sqlalchemy import Text, UniqueConstraint
 from sqlmodel import Field
 
-from models.base import timestamp
+from models.base import timestamp, weak_reference
 from models.owned import Owned
 
 
@@ -19,3 +19,4 @@ class CronJob(Owned, table=True):
     manifest: str = Field(sa_type=Text)
     next_run: dt.datetime = timestamp(index=True)
     prev_run: dt.datetime | None = timestamp(nullable=True, default_now=False)
+    created_by: int | None = weak_reference("users.id")  # submits its builds

@@ -50,6 +50,10 @@ def run(work: Callable[[Database], T], url: str) -> T:
         db.dispose()
 
 
+# The smallest manifest that runs: one job, one command, on the local driver.
+MANIFEST = 'driver:\n  type: local\nstages: [test]\njobs:\n- stage: test\n  commands: ["true"]\n'
+
+
 def fresh_database(url: str | None, directory: Path) -> str:
     """An empty, migrated database: PostgreSQL's public schema recreated, or a new SQLite file."""
     if url is None:
@@ -139,6 +143,9 @@ def server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Sett
         "rate_limit": "1000000/hour",
         "anonymous_rate_limit": "1000000/hour",
         "password_rate_limit": "100000/minute",
+        "poll_interval": 0.05,  # builds, cron and deliveries start at once in tests
+        "kill_grace_seconds": 1.0,
+        "grace_seconds": 5.0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -182,3 +189,16 @@ def ssh_private_key() -> str:
 
 
 QCOW2_HEADER = b"QFI\xfb\x00\x00\x00\x03" + bytes(56)
+
+
+def wait_for_build(
+    client: httpx.Client, who: Account, build_id: int, *, seconds: float = 30
+) -> dict[str, Any]:
+    """The build once it has finished (its status is no longer queued or running)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        build: dict[str, Any] = client.get(f"/api/v1/builds/{build_id}", headers=who.auth).json()
+        if build["status"] not in ("queued", "running"):
+            return build
+        assert time.monotonic() < deadline, f"build {build_id} still {build['status']}"
+        time.sleep(0.05)

@@ -15,12 +15,14 @@ import pytest
 
 from kiln import spec
 from tests.support import (
+    MANIFEST,
     QCOW2_HEADER,
     Account,
     add_collaborator,
     make_account,
     make_token,
     ssh_private_key,
+    wait_for_build,
 )
 
 SPEC = spec.load()
@@ -54,7 +56,7 @@ def world(client: httpx.Client, database_url: str) -> World:
     add_collaborator(database_url, ns, collaborator.id)
     hook = {"payload_url": "https://93.184.216.34/hook", "events": ["build.finished"]}
     webhook = post(f"/api/v1/namespaces/{ns}/webhooks", json=hook)
-    cron = {"name": "c", "schedule": "@daily", "manifest": "stages: [a]", "namespace_id": ns}
+    cron = {"name": "c", "schedule": "@daily", "manifest": MANIFEST, "namespace_id": ns}
     made = {
         "token": post("/api/v1/tokens", json={"name": "t", "scopes": ["build:read"]}),
         "variable": post("/api/v1/variables", json={"key": "K", "value": "v", "namespace_id": ns}),
@@ -67,13 +69,33 @@ def world(client: httpx.Client, database_url: str) -> World:
         "webhook": webhook,
         "delivery": post(f"/api/v1/namespaces/{ns}/webhooks/{webhook}/pings"),
         "invite": post(f"/api/v1/namespaces/{ns}/invites", json={"username": invitee.username}),
+        "build": post("/api/v1/builds", json={"manifest": BUILD, "tags": ["t"]}),
     }
+    build = wait_for_build(client, owner, made["build"])
+    made["job"] = build["_embedded"]["jobs"][0]["id"]
+    artifacts = client.get(f"/api/v1/builds/{made['build']}/artifacts", headers=owner.auth)
+    made["artifact"] = artifacts.json()["_embedded"]["artifacts"][0]["id"]
     return World(owner, stranger, namespace, collaborator, made)
+
+
+BUILD = """namespace: guarded
+driver: {type: local}
+stages: [make]
+jobs:
+- stage: make
+  commands: [echo made > made.txt]
+  artifacts: [made.txt]
+"""
 
 
 # How to fill each path's parameters from the world the owner made.
 def _own(kind: str) -> Callable[[World], dict[str, Any]]:
     return lambda w: {"id": w.made[kind]}
+
+
+def _in_build(w: World) -> dict[str, Any]:
+    return {"id": w.made["build"], "job_id": w.made["job"], "artifact_id": w.made["artifact"],
+            "name": "t"}  # fmt: skip
 
 
 def _in_namespace(w: World) -> dict[str, Any]:
@@ -94,6 +116,25 @@ RESOURCES: dict[str, Callable[[World], dict[str, Any]]] = {
     "/api/v1/cron/{id}/builds": _own("cron"),
     "/api/v1/invites/{id}": _own("invite"),
     "/api/v1/invites/{id}/accept": _own("invite"),
+    **{
+        f"/api/v1/builds/{{id}}{tail}": _in_build
+        for tail in (
+            "",
+            "/kill",
+            "/jobs",
+            "/jobs/{job_id}",
+            "/jobs/{job_id}/output",
+            "/artifacts",
+            "/artifacts/{artifact_id}",
+            "/artifacts/{artifact_id}/content",
+            "/tags",
+            "/tags/{name}",
+            "/objects",
+            "/variables",
+            "/keys",
+        )
+    },
+    "/api/v1/namespaces/{id}/builds": _in_namespace,
     "/api/v1/namespaces/{id}/variables": _in_namespace,
     "/api/v1/namespaces/{id}/keys": _in_namespace,
     "/api/v1/namespaces/{id}/objects": _in_namespace,

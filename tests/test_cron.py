@@ -7,10 +7,9 @@ import datetime as dt
 import httpx
 import pytest
 
-from tests.support import Account
+from tests.support import MANIFEST, Account
 
 C = "/api/v1/cron"
-MANIFEST = "stages: [test]\njobs:\n- stage: test\n  commands: [true]\n"
 
 
 def create(client: httpx.Client, who: Account, **body: object) -> httpx.Response:

@@ -14,9 +14,9 @@ from tests.conftest import POSTGRES_URL
 from tests.support import fresh_database
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
-    # On PostgreSQL, `database_url` is already this fresh migrated schema; SQLite gets a new file.
-    url = POSTGRES_URL or fresh_database(None, tmp_path)
+def test_migrations_match_the_models(database_url: str, tmp_path: Path) -> None:
+    # On PostgreSQL, `database_url` is a freshly migrated schema; SQLite gets a new file.
+    url = database_url if POSTGRES_URL else fresh_database(None, tmp_path)
     engine = create_engine(url)
     with engine.connect() as conn:
         diff = compare_metadata(

@@ -1,0 +1,400 @@
+"""The `local` driver: jobs run as processes on the worker's own machine.
+
+Each build gets a directory under the driver's root holding `work/` (the jobs' working
+directory, "the workspace"), `home/` (a private $HOME) and `tmp/` ($TMPDIR). Commands
+run as `/bin/sh -c <command>` in their own process group, with an environment built
+from scratch so that nothing of the worker's (its secrets least of all) leaks into a
+job. A command's output goes through a pipe that Kiln owns, so that neither waiting for
+the command nor reading its output depends on background processes it left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from kiln.drivers import (
+    ArtifactSpec,
+    BuildPlan,
+    JobResult,
+    JobSpec,
+    KeySpec,
+    Output,
+    PlacedFile,
+    PreparationFailed,
+    PreparationStopped,
+    SourceSpec,
+    Stop,
+    StopStatus,
+)
+
+CHUNK = 64 * 1024
+# After a command's process group is killed, how long its remaining output may take.
+DRAIN_TIMEOUT = 2.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def stop_reason(stop: Stop) -> StopStatus | None:
+    """Why the build must stop now, or None while it may go on."""
+    if stop.killed.is_set():
+        return "killed"
+    if time.monotonic() >= stop.deadline:
+        return "timed_out"
+    return None
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a process ended: its exit code, or why Kiln stopped it."""
+
+    code: int | None
+    stopped: StopStatus | None = None
+
+
+class LocalDriver:
+    def __init__(self, *, root: Path, kill_grace: float) -> None:
+        self.root = root
+        self.kill_grace = kill_grace
+
+    async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> LocalWorkspace:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"build-{plan.build_id}-", dir=self.root))
+        try:
+            workspace = LocalWorkspace(path, plan, self.kill_grace)
+            await workspace.prepare(plan, output, stop)
+        except BaseException:
+            await asyncio.to_thread(remove_tree, path)
+            raise
+        return workspace
+
+
+class LocalWorkspace:
+    def __init__(self, path: Path, plan: BuildPlan, kill_grace: float) -> None:
+        self.path = path
+        self.work = path / "work"
+        self.home = path / "home"
+        self.tmp = path / "tmp"
+        for directory in (self.work, self.home, self.tmp):
+            directory.mkdir(mode=0o700)
+        self.kill_grace = kill_grace
+        self._base_env = base_env(plan, home=self.home, tmp=self.tmp)
+        self._plan_env = plan.env
+
+    async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> None:
+        # Keys first, so that private sources can be cloned over SSH with them.
+        for key in plan.keys:
+            await asyncio.to_thread(install_key, self.home / ".ssh", key)
+        for source in plan.sources:
+            await self._clone(source, output, stop)
+        for placed in plan.files:
+            check_stop(stop, f"placing {placed.destination}")
+            await asyncio.to_thread(place_file, self.work, placed)
+
+    async def run_job(self, job: JobSpec, output: Output, stop: Stop) -> JobResult:
+        env = {**self._base_env, "KILN_JOB_NAME": job.name, **self._plan_env}
+        code = 0
+        for command in job.commands:
+            if (reason := stop_reason(stop)) is not None:
+                return JobResult(reason, None)
+            await output.write(f"$ {command}\n".encode())
+            result = await self._run(["/bin/sh", "-c", command], env, output, stop)
+            if result.stopped is not None:
+                return JobResult(result.stopped, None)
+            code = result.code or 0
+            if code != 0:
+                return JobResult("failed", code)
+        return JobResult("passed", code)
+
+    def artifact(self, spec: ArtifactSpec) -> Path | None:
+        work = self.work.resolve()
+        try:
+            path = (work / spec.path).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            return None
+        if not path.is_relative_to(work) or not path.is_file():
+            return None
+        return path
+
+    async def close(self) -> None:
+        await asyncio.to_thread(remove_tree, self.path)
+
+    async def _clone(self, source: SourceSpec, output: Output, stop: Stop) -> None:
+        directory = clone_directory(source)
+        env = {**self._base_env, **self._plan_env, "GIT_TERMINAL_PROMPT": "0"}
+        url = display_url(source.url)
+        await output.write(f"kiln: cloning {url}\n".encode())
+        clone = ["git", "clone", "--quiet", "--", source.url, directory]
+        await self._git(clone, env, output, stop, f"git clone of {url}")
+        if source.ref is None:
+            return
+        if source.ref.startswith("-"):
+            raise PreparationFailed(f"cannot check out {source.ref!r}: not a ref")
+        await output.write(f"kiln: checking out {source.ref}\n".encode())
+        checkout = ["git", "-C", directory, "checkout", "--quiet", source.ref]
+        await self._git(checkout, env, output, stop, f"git checkout of {source.ref} in {directory}")
+
+    async def _git(
+        self, argv: list[str], env: dict[str, str], output: Output, stop: Stop, what: str
+    ) -> None:
+        check_stop(stop, what)
+        result = await self._run(argv, env, output, stop)
+        if result.stopped is not None:
+            raise stopped_during(result.stopped, what)
+        if result.code != 0:
+            raise PreparationFailed(f"{what} failed (exit {result.code})")
+
+    async def _run(self, argv: list[str], env: dict[str, str], output: Output, stop: Stop) -> Exit:
+        return await run_process(
+            argv, cwd=self.work, env=env, output=output, stop=stop, kill_grace=self.kill_grace
+        )
+
+
+# Preparation
+
+
+def base_env(plan: BuildPlan, *, home: Path, tmp: Path) -> dict[str, str]:
+    """The environment every process of the build starts from (before `plan.env`)."""
+    env = {
+        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "TMPDIR": str(tmp),
+        "CI": "true",
+        "KILN": "true",
+        "KILN_BUILD_ID": str(plan.build_id),
+    }
+    user = current_user()
+    if user is not None:
+        env["USER"] = env["LOGNAME"] = user
+    if plan.keys:
+        env["GIT_SSH_COMMAND"] = ssh_command(home / ".ssh", plan.keys)
+    return env
+
+
+def current_user() -> str | None:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def ssh_command(ssh_dir: Path, keys: list[KeySpec]) -> str:
+    # OpenSSH finds ~/.ssh through the password database, not $HOME, so git is told
+    # where the build's own config, known hosts and keys are.
+    options = ["ssh", "-F", str(ssh_dir / "config")]
+    options += ["-o", f"UserKnownHostsFile={ssh_dir / 'known_hosts'}"]
+    for key in keys:
+        options += ["-i", str(ssh_dir / key.name)]
+    return shlex.join(options)
+
+
+def display_url(url: str) -> str:
+    """`url` without the password it may hold (https://user:token@host/...)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":xxxxxx@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def clone_directory(source: SourceSpec) -> str:
+    """Where `source` is cloned, relative to the workspace; never outside it."""
+    directory = source.directory or default_directory(source.url)
+    parts = Path(directory).parts
+    if not parts or Path(directory).is_absolute() or ".." in parts:
+        raise PreparationFailed(f"cannot clone {source.url} into {directory!r}")
+    return directory
+
+
+def default_directory(url: str) -> str:
+    """The directory `git clone <url>` would make: the URL's last part, less `.git`."""
+    path = url.rstrip("/")
+    path = path.removesuffix("/.git").rstrip("/")
+    name = re.split(r"[/:]", path)[-1]
+    return name.removesuffix(".git").removesuffix(".bundle")
+
+
+def place_file(work: Path, placed: PlacedFile) -> None:
+    destination = work / placed.destination  # an absolute destination stays absolute
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(placed.source, destination)
+    except OSError as error:
+        raise PreparationFailed(f"placing a file at {placed.destination} failed: {error}") from None
+
+
+def install_key(ssh_dir: Path, key: KeySpec) -> None:
+    if not key.name or "/" in key.name or key.name in (".", ".."):
+        raise PreparationFailed(f"invalid SSH key file name {key.name!r}")
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    write_private(ssh_dir / key.name, with_newline(key.private_key), append=False)
+    # The config always exists, so that `ssh -F` (see ssh_command) can read it.
+    write_private(ssh_dir / "config", with_newline(key.config or ""), append=True)
+
+
+def write_private(path: Path, text: str, *, append: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
+def with_newline(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"
+
+
+def check_stop(stop: Stop, what: str) -> None:
+    if (reason := stop_reason(stop)) is not None:
+        raise stopped_during(reason, what)
+
+
+def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
+    verb = "killed" if reason == "killed" else "timed out"
+    return PreparationStopped(reason, f"build {verb} during {what}")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        # A command made directories read-only (or unreadable); undo that and retry.
+        make_directories_writable(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_directories_writable(top: Path) -> None:
+    with contextlib.suppress(OSError):
+        top.chmod(0o700)
+    # Top-down: each directory is opened up before os.walk goes into it.
+    for parent, directories, _ in os.walk(top):
+        for name in directories:
+            path = os.path.join(parent, name)
+            if os.path.islink(path):  # chmod would follow it out of the tree
+                continue
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o700)
+
+
+# Processes
+
+
+async def run_process(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    output: Output,
+    stop: Stop,
+    kill_grace: float,
+) -> Exit:
+    """Runs `argv` in its own process group, streaming its output until it exits or
+    `stop` says it must be stopped; leaves nothing of its process group behind."""
+    if (reason := stop_reason(stop)) is not None:
+        return Exit(None, reason)
+    read_fd, write_fd = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    reader, transport = await open_reader(read_fd)
+    pump = asyncio.create_task(copy_output(reader, output))
+    try:
+        reason = await wait_for_exit(process, stop)
+        if reason is not None:
+            await terminate(process, kill_grace)
+    finally:
+        kill_group(process.pid)  # whatever the command left running in the background
+        returncode = await process.wait()
+        await drain(pump)
+        transport.close()
+    if reason is not None:
+        return Exit(None, reason)
+    return Exit(shell_code(returncode))
+
+
+async def open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=CHUNK)
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    return reader, transport
+
+
+async def copy_output(reader: asyncio.StreamReader, output: Output) -> None:
+    while chunk := await reader.read(CHUNK):
+        await output.write(chunk)
+
+
+async def wait_for_exit(process: asyncio.subprocess.Process, stop: Stop) -> StopStatus | None:
+    """None once the process has exited, or why it must be stopped first."""
+    exited = asyncio.create_task(process.wait())
+    killed = asyncio.create_task(stop.killed.wait())
+    try:
+        timeout = max(0.0, stop.deadline - time.monotonic())
+        await asyncio.wait({exited, killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+        killed.cancel()
+    if process.returncode is not None:
+        return None
+    return "killed" if stop.killed.is_set() else "timed_out"
+
+
+async def terminate(process: asyncio.subprocess.Process, kill_grace: float) -> None:
+    """SIGTERM to the process group; SIGKILL if the process outlives `kill_grace`."""
+    signal_group(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), kill_grace)
+    except TimeoutError:
+        kill_group(process.pid)
+        await process.wait()
+
+
+def kill_group(pgid: int) -> None:
+    signal_group(pgid, signal.SIGKILL)
+
+
+def signal_group(pgid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(pgid, signum)
+
+
+async def drain(pump: asyncio.Task[None]) -> None:
+    """Waits for the rest of the output; gives up on it if a process that left the
+    process group (and so survived its killing) still holds the pipe open."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(pump, DRAIN_TIMEOUT)
+
+
+def shell_code(returncode: int) -> int:
+    """A process killed by signal N exits 128+N, as a shell reports it."""
+    return 128 - returncode if returncode < 0 else returncode

@@ -1,0 +1,71 @@
+"""Job output: where it is kept while a worker writes it, and how clients read it,
+whole or followed until the job ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import select
+from starlette.responses import FileResponse, Response, StreamingResponse
+
+from kiln.services import Services
+from models import Job
+
+TEXT = "text/plain; charset=utf-8"
+RUNNING = ("queued", "running")
+READ = 64 * 1024
+
+
+def key(job: Job) -> str:
+    return f"output/{job.build_id}/{job.id}.log"
+
+
+def path(services: Services, job: Job) -> Path:
+    return services.storage.local_path(key(job))
+
+
+def response(services: Services, job: Job, *, follow: bool) -> Any:
+    """The output so far; with `follow`, a stream that ends when the job does."""
+    file = path(services, job)
+    if follow and job.status in RUNNING:
+        return StreamingResponse(_follow(services, job, file), media_type=TEXT)
+    if not file.exists():
+        return Response(b"", media_type=TEXT)
+    return FileResponse(file, media_type=TEXT)
+
+
+async def _follow(services: Services, job: Job, file: Path) -> AsyncIterator[bytes]:
+    """Bytes as the worker appends them. A client that goes away ends the stream (the
+    response stops iterating); nothing is held for it meanwhile."""
+    offset = 0
+    pause = services.settings.poll_interval
+    while True:
+        chunk = _read(file, offset)
+        if chunk:
+            offset += len(chunk)
+            yield chunk
+            continue
+        if not await services.db.run(lambda: _running(services, job.id or 0)):
+            while chunk := _read(file, offset):  # what was written before it ended
+                offset += len(chunk)
+                yield chunk
+            return
+        await asyncio.sleep(pause)
+
+
+def _read(file: Path, offset: int) -> bytes:
+    try:
+        with file.open("rb") as f:
+            f.seek(offset)
+            return f.read(READ)
+    except FileNotFoundError:
+        return b""
+
+
+def _running(services: Services, job_id: int) -> bool:
+    with services.db.transaction(write=False) as s:
+        status = s.exec(select(Job.status).where(Job.id == job_id)).one_or_none()
+    return status in RUNNING

@@ -1,0 +1,484 @@
+"""The local driver and output masking, with real processes and a real git repository."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from kiln import drivers
+from kiln.drivers import (
+    ArtifactSpec,
+    BuildPlan,
+    JobResult,
+    JobSpec,
+    KeySpec,
+    PlacedFile,
+    PreparationFailed,
+    PreparationStopped,
+    SourceSpec,
+    Stop,
+    Workspace,
+)
+from kiln.masking import MASK, Masker, OutputLog
+
+T = TypeVar("T")
+
+
+@dataclass
+class Captured:
+    """An Output that keeps what it is given, and when."""
+
+    data: bytearray = field(default_factory=bytearray)
+    writes: list[tuple[float, bytes]] = field(default_factory=list)
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes.append((time.monotonic(), data))
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+
+def make_plan(**fields: Any) -> BuildPlan:
+    defaults: dict[str, Any] = {
+        "build_id": 7,
+        "env": {},
+        "masked": [],
+        "sources": [],
+        "files": [],
+        "keys": [],
+        "image": None,
+    }
+    return BuildPlan(**(defaults | fields))
+
+
+def make_stop(seconds: float = 30) -> Stop:
+    return Stop(killed=asyncio.Event(), deadline=time.monotonic() + seconds)
+
+
+def job(*commands: str) -> JobSpec:
+    return JobSpec(name="build", commands=list(commands), artifacts=[])
+
+
+def in_workspace(
+    tmp_path: Path,
+    body: Callable[[Workspace, Captured, Stop], Awaitable[T]],
+    *,
+    plan: BuildPlan | None = None,
+    kill_grace: float = 1.0,
+) -> tuple[T, Captured]:
+    """Prepares a workspace under tmp_path/workspaces, runs `body` in it, closes it."""
+
+    async def scenario() -> tuple[T, Captured]:
+        driver = drivers.get("local", root=tmp_path / "workspaces", kill_grace=kill_grace)
+        output, stop = Captured(), make_stop()
+        workspace = await driver.prepare(plan or make_plan(), output, stop)
+        try:
+            return await body(workspace, output, stop), output
+        finally:
+            await workspace.close()
+
+    return asyncio.run(scenario())
+
+
+def run_commands(
+    tmp_path: Path, *commands: str, plan: BuildPlan | None = None
+) -> tuple[JobResult, Captured]:
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
+        return await workspace.run_job(job(*commands), output, stop)
+
+    return in_workspace(tmp_path, body, plan=plan)
+
+
+def alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_gone(pid: int, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def git(*args: str, cwd: Path) -> str:
+    command = ["git", "-c", "user.name=Kiln Test", "-c", "user.email=test@example.com", *args]
+    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A repository with two commits; the first is tagged v1, the second is on `main`."""
+    repo = tmp_path / "origin"
+    repo.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=repo)
+    for version in ("one", "two"):
+        (repo / "version").write_text(version + "\n")
+        git("add", "version", cwd=repo)
+        git("commit", "--quiet", "-m", version, cwd=repo)
+        if version == "one":
+            git("tag", "v1", cwd=repo)
+    return repo
+
+
+# Jobs
+
+
+def test_a_passing_job_shows_commands_and_output(tmp_path: Path) -> None:
+    result, output = run_commands(tmp_path, "echo hello", "echo world >&2")
+    assert result == JobResult("passed", 0)
+    assert output.text == "$ echo hello\nhello\n$ echo world >&2\nworld\n"
+
+
+def test_a_job_stops_at_the_first_failing_command(tmp_path: Path) -> None:
+    result, output = run_commands(tmp_path, "echo one", "exit 3", "echo never")
+    assert result == JobResult("failed", 3)
+    assert "one\n$ exit 3\n" in output.text
+    assert "never" not in output.text
+
+
+def test_a_job_without_commands_passes(tmp_path: Path) -> None:
+    assert run_commands(tmp_path)[0] == JobResult("passed", 0)
+
+
+def test_commands_run_in_the_workspace_and_share_it(tmp_path: Path) -> None:
+    result, output = run_commands(tmp_path, "echo data > file", "cat file; basename $PWD")
+    assert result.status == "passed"
+    assert output.text.endswith("data\nwork\n")
+
+
+def test_output_is_streamed_before_the_command_ends(tmp_path: Path) -> None:
+    result, output = run_commands(tmp_path, "printf partial; sleep 0.6; echo done")
+    assert result.status == "passed"
+    arrived = next(at for at, data in output.writes if b"partial" in data)
+    ended = output.writes[-1][0]
+    assert ended - arrived > 0.3
+
+
+def test_the_environment_is_built_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_SECRET_KEY", "do-not-leak")
+    monkeypatch.setenv("UNRELATED", "worker-only")
+    plan = make_plan(env={"GREETING": "hello there", "CI": "overridden"})
+    result, output = run_commands(tmp_path, "env", 'test -d "$HOME" && test -w "$HOME"', plan=plan)
+    assert result.status == "passed"
+    env = dict(line.split("=", 1) for line in output.text.splitlines() if "=" in line)
+    assert "KILN_SECRET_KEY" not in env
+    assert "UNRELATED" not in env
+    assert "do-not-leak" not in output.text
+    assert env["GREETING"] == "hello there"
+    assert env["CI"] == "overridden"
+    assert env["KILN"] == "true"
+    assert env["KILN_BUILD_ID"] == "7"
+    assert env["KILN_JOB_NAME"] == "build"
+    assert env["LANG"] == "C.UTF-8"
+    home = Path(env["HOME"])
+    assert home.name == "home"
+    assert home.parent.parent == tmp_path / "workspaces"
+    assert Path(env["TMPDIR"]).parent == home.parent
+
+
+def test_a_killed_job_loses_its_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> tuple[JobResult, float]:
+        asyncio.get_running_loop().call_later(0.5, stop.killed.set)
+        started = time.monotonic()
+        commands = [f"sleep 60 & echo $! > {pidfile}; sleep 60", "echo never"]
+        result = await workspace.run_job(job(*commands), output, stop)
+        return result, time.monotonic() - started
+
+    (result, elapsed), output = in_workspace(tmp_path, body)
+    assert result == JobResult("killed", None)
+    assert elapsed < 4
+    assert "echo never" not in output.text
+    assert wait_gone(int(pidfile.read_text()))
+
+
+def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> tuple[JobResult, float]:
+        asyncio.get_running_loop().call_later(0.2, stop.killed.set)
+        started = time.monotonic()
+        result = await workspace.run_job(job("trap '' TERM; sleep 60"), output, stop)
+        return result, time.monotonic() - started
+
+    (result, elapsed), _ = in_workspace(tmp_path, body, kill_grace=0.5)
+    assert result == JobResult("killed", None)
+    assert 0.6 < elapsed < 4
+
+
+def test_a_job_past_its_deadline_times_out(tmp_path: Path) -> None:
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> tuple[JobResult, float]:
+        stop.deadline = time.monotonic() + 1
+        started = time.monotonic()
+        result = await workspace.run_job(job("sleep 60", "echo never"), output, stop)
+        return result, time.monotonic() - started
+
+    (result, elapsed), output = in_workspace(tmp_path, body)
+    assert result == JobResult("timed_out", None)
+    assert 0.9 < elapsed < 4
+    assert "never" not in output.text
+
+
+def test_a_stopped_build_runs_no_more_commands(tmp_path: Path) -> None:
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
+        stop.killed.set()
+        return await workspace.run_job(job("echo never"), output, stop)
+
+    result, output = in_workspace(tmp_path, body)
+    assert result == JobResult("killed", None)
+    assert output.text == ""
+
+
+def test_background_processes_left_behind_are_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    result, output = run_commands(tmp_path, f"sleep 60 & echo $! > {pidfile}; echo left")
+    assert result == JobResult("passed", 0)
+    assert time.monotonic() - started < 4  # the sleep held the output pipe open
+    assert output.text.endswith("left\n")
+    assert wait_gone(int(pidfile.read_text()))
+
+
+def test_a_command_killed_by_a_signal_fails_like_in_a_shell(tmp_path: Path) -> None:
+    result, _ = run_commands(tmp_path, "kill -9 $$")
+    assert result == JobResult("failed", 137)
+
+
+# Masking
+
+
+def test_masker_masks_values_split_across_chunks() -> None:
+    masker = Masker(["abc", "abcdef", "", "pässwörd"])
+    text = "xabcdefy abc p\u00e4ssw\u00f6rd abcde ab".encode()
+    masked = b"".join(masker.feed(text[i : i + 1]) for i in range(len(text))) + masker.flush()
+    assert masked == b"x" + MASK + b"y " + MASK + b" " + MASK + b" " + MASK + b"de ab"
+
+
+def test_masker_holds_back_less_than_the_longest_value() -> None:
+    masker = Masker(["secret"])
+    assert masker.feed(b"hello sec") == b"hell"
+    assert masker.feed(b"ret and more") == b"o " + MASK + b" and"
+    assert masker.flush() == b" more"
+    assert Masker([]).feed(b"anything") == b"anything"
+
+
+def test_output_log_masks_and_appends(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "job.log"
+
+    async def scenario() -> OutputLog:
+        log = OutputLog(path, ["s3cr3t-value"])
+        await log.write(b"start s3c")
+        await log.write(b"r3t-value end s3cr3t")
+        assert path.read_bytes() == b"start " + MASK  # readable while being written
+        await log.close()
+        await log.close()
+        return log
+
+    log = asyncio.run(scenario())
+    assert path.read_bytes() == b"start " + MASK + b" end s3cr3t"
+    assert log.bytes_written == len(path.read_bytes())
+
+
+def test_a_masked_value_printed_by_a_command_is_hidden(tmp_path: Path) -> None:
+    secret = "s3cr3t-value"
+    plan = make_plan(env={"TOKEN": secret}, masked=[secret])
+    path = tmp_path / "job.log"
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
+        log = OutputLog(path, plan.masked)
+        try:
+            return await workspace.run_job(job('echo "token is $TOKEN"'), log, stop)
+        finally:
+            await log.close()
+
+    result, _ = in_workspace(tmp_path, body, plan=plan)
+    assert result.status == "passed"
+    assert path.read_text() == '$ echo "token is $TOKEN"\ntoken is xxxxxx\n'
+
+
+# Preparation
+
+
+def test_sources_are_cloned_and_checked_out(tmp_path: Path, origin: Path) -> None:
+    sources = [
+        SourceSpec(url=str(origin), ref="v1", directory="pinned"),
+        SourceSpec(url=f"file://{origin}", ref=None, directory=None),
+        SourceSpec(url=str(origin), ref="main", directory="deep/main"),
+    ]
+    plan = make_plan(sources=sources)
+    commands = ["cat pinned/version origin/version deep/main/version"]
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
+        return await workspace.run_job(job(*commands), output, stop)
+
+    result, output = in_workspace(tmp_path, body, plan=plan)
+    assert result.status == "passed"
+    assert f"kiln: cloning {origin}\n" in output.text
+    assert output.text.endswith("one\ntwo\ntwo\n")
+
+
+def test_a_failing_clone_fails_preparation_and_leaves_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    plan = make_plan(sources=[SourceSpec(url=str(missing), ref=None, directory=None)])
+    root = tmp_path / "workspaces"
+    output = Captured()
+
+    async def scenario() -> None:
+        await drivers.get("local", root=root, kill_grace=1).prepare(plan, output, make_stop())
+
+    with pytest.raises(PreparationFailed, match=r"git clone of .*missing failed \(exit 128\)"):
+        asyncio.run(scenario())
+    assert "does not exist" in output.text
+    assert list(root.iterdir()) == []
+
+
+def test_a_password_in_a_source_url_is_not_shown(tmp_path: Path) -> None:
+    url = "https://kiln:pa55word@127.0.0.1:1/repo.git"  # nothing listens on port 1
+    plan = make_plan(sources=[SourceSpec(url=url, ref=None, directory=None)])
+    output = Captured()
+
+    async def scenario() -> None:
+        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        await driver.prepare(plan, output, make_stop())
+
+    with pytest.raises(PreparationFailed) as failed:
+        asyncio.run(scenario())
+    assert str(failed.value).startswith("git clone of https://kiln:xxxxxx@127.0.0.1:1/repo.git")
+    assert "kiln: cloning https://kiln:xxxxxx@127.0.0.1:1/repo.git\n" in output.text
+
+
+def test_a_missing_ref_fails_preparation(tmp_path: Path, origin: Path) -> None:
+    plan = make_plan(sources=[SourceSpec(url=str(origin), ref="nope", directory=None)])
+
+    async def scenario() -> None:
+        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        await driver.prepare(plan, Captured(), make_stop())
+
+    with pytest.raises(PreparationFailed, match="git checkout of nope in origin failed"):
+        asyncio.run(scenario())
+
+
+def test_a_killed_build_stops_preparing(tmp_path: Path, origin: Path) -> None:
+    plan = make_plan(sources=[SourceSpec(url=str(origin), ref=None, directory=None)])
+    root = tmp_path / "workspaces"
+
+    async def scenario() -> None:
+        stop = make_stop()
+        stop.killed.set()
+        await drivers.get("local", root=root, kill_grace=1).prepare(plan, Captured(), stop)
+
+    with pytest.raises(PreparationStopped) as stopped:
+        asyncio.run(scenario())
+    assert stopped.value.status == "killed"
+    assert list(root.iterdir()) == []
+
+
+def test_files_are_placed_relative_and_absolute(tmp_path: Path) -> None:
+    source = tmp_path / "object.bin"
+    source.write_bytes(b"\x00object bytes\xff")
+    absolute = tmp_path / "elsewhere" / "placed.bin"
+    files = [
+        PlacedFile(source=source, destination="conf/app.bin"),
+        PlacedFile(source=source, destination=str(absolute)),
+    ]
+    result, output = run_commands(tmp_path, "od -c conf/app.bin", plan=make_plan(files=files))
+    assert result.status == "passed"
+    assert "o   b   j   e   c   t" in output.text
+    assert absolute.read_bytes() == source.read_bytes() == b"\x00object bytes\xff"
+
+
+def test_keys_are_written_privately_with_their_config(tmp_path: Path) -> None:
+    keys = [
+        KeySpec(name="deploy", private_key="-----BEGIN KEY-----\nabc", config="Host a\n  User git"),
+        KeySpec(name="other", private_key="-----BEGIN KEY-----\ndef\n", config=None),
+    ]
+    commands = [
+        'cd "$HOME/.ssh" && stat -c "%a %n" . deploy other config',
+        'cat "$HOME/.ssh/deploy" "$HOME/.ssh/config"',
+        'echo "$GIT_SSH_COMMAND"',
+    ]
+    result, output = run_commands(tmp_path, *commands, plan=make_plan(keys=keys))
+    assert result.status == "passed"
+    assert "700 .\n600 deploy\n600 other\n600 config\n" in output.text
+    assert "-----BEGIN KEY-----\nabc\nHost a\n  User git\n" in output.text
+    assert "/home/.ssh/deploy" in output.text.splitlines()[-1]
+
+
+def test_an_unsafe_key_name_fails_preparation(tmp_path: Path) -> None:
+    plan = make_plan(keys=[KeySpec(name="../escape", private_key="k", config=None)])
+
+    async def scenario() -> None:
+        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        await driver.prepare(plan, Captured(), make_stop())
+
+    with pytest.raises(PreparationFailed, match="invalid SSH key file name"):
+        asyncio.run(scenario())
+
+
+# Artifacts and cleanup
+
+
+def test_artifacts_must_be_regular_files_inside_the_workspace(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours\n")
+    commands = [
+        "mkdir -p out dir && echo report > out/report.txt",
+        "ln -s out/report.txt inside-link",
+        f"ln -s {outside} outside-link",
+        "echo escaped > ../escaped.txt",
+    ]
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> list[str | None]:
+        await workspace.run_job(job(*commands), output, stop)
+        paths = ["out/report.txt", "inside-link", "out/../../work/out/report.txt", "missing.txt"]
+        paths += ["dir", "../escaped.txt", "outside-link", str(outside)]
+        found = [workspace.artifact(ArtifactSpec(path=path, name="a")) for path in paths]
+        return [path.read_text() if path else None for path in found]
+
+    found, _ = in_workspace(tmp_path, body)
+    assert found == ["report\n"] * 3 + [None] * 5
+
+
+def test_close_removes_the_workspace_even_when_read_only(tmp_path: Path) -> None:
+    root = tmp_path / "workspaces"
+    commands = [
+        "mkdir -p ro/sub locked && touch ro/sub/file locked/file",
+        "chmod 555 ro/sub ro && chmod 000 locked",
+        f"ln -s {tmp_path} link-out",
+    ]
+
+    async def scenario() -> None:
+        driver = drivers.get("local", root=root, kill_grace=1)
+        workspace = await driver.prepare(make_plan(), Captured(), make_stop())
+        await workspace.run_job(job(*commands), Captured(), make_stop())
+        assert len(list(root.iterdir())) == 1
+        await workspace.close()
+        await workspace.close()
+
+    asyncio.run(scenario())
+    assert list(root.iterdir()) == []
+
+
+def test_get_knows_the_drivers(tmp_path: Path) -> None:
+    for name in ("docker", "qemu", "ssh"):
+        with pytest.raises(NotImplementedError):
+            drivers.get(name, root=tmp_path, kill_grace=1)
+    with pytest.raises(LookupError):
+        drivers.get("nope", root=tmp_path, kill_grace=1)
