@@ -33,6 +33,7 @@ from models import (
     Owned,
     SshKey,
     StoredObject,
+    User,
     Variable,
     owner_key,
 )
@@ -219,6 +220,10 @@ def _namespace(path: str, principal: Principal, create: bool, root: str) -> int 
     if found is not None:
         return found
     username = principal.username or ""
+    first = path.split("/", 1)[0]
+    if first != username and session().exec(select(User.id).where(User.username == first)).first():
+        # Another user's path: theirs to make, not ours.
+        raise _refused(f"{root}/namespace", f"No namespace {path} that you can write to.")
     own = path if path.startswith(f"{username}/") else f"{username}/{path}"
     found = _by_path(own, principal)
     if found is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlmodel import select
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from kiln.services import Services
 from models import Job
@@ -32,9 +32,12 @@ def response(services: Services, job: Job, *, follow: bool) -> Any:
     file = path(services, job)
     if follow and job.status in RUNNING:
         return StreamingResponse(_follow(services, job, file), media_type=TEXT)
-    if not file.exists():
+    try:
+        size = file.stat().st_size
+    except FileNotFoundError:
         return Response(b"", media_type=TEXT)
-    return FileResponse(file, media_type=TEXT)
+    # The worker may still be appending: send what there was when asked, no more.
+    return StreamingResponse(_upto(file, size), media_type=TEXT)
 
 
 async def _follow(services: Services, job: Job, file: Path) -> AsyncIterator[bytes]:
@@ -56,11 +59,18 @@ async def _follow(services: Services, job: Job, file: Path) -> AsyncIterator[byt
         await asyncio.sleep(pause)
 
 
-def _read(file: Path, offset: int) -> bytes:
+async def _upto(file: Path, size: int) -> AsyncIterator[bytes]:
+    offset = 0
+    while offset < size and (chunk := _read(file, offset, size - offset)):
+        offset += len(chunk)
+        yield chunk
+
+
+def _read(file: Path, offset: int, most: int = READ) -> bytes:
     try:
         with file.open("rb") as f:
             f.seek(offset)
-            return f.read(READ)
+            return f.read(min(most, READ))
     except FileNotFoundError:
         return b""
 

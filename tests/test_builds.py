@@ -1,0 +1,275 @@
+"""Builds end to end: real manifests submitted over HTTPS, run by the server's own
+worker with the local driver, and their results read back."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import Account, ssh_private_key, unique, wait_for_build
+
+B = "/api/v1/builds"
+
+
+def manifest(*jobs: str, stages: str = "[test]", extra: str = "") -> str:
+    return f"driver: {{type: local}}\nstages: {stages}\n{extra}jobs:\n" + "".join(jobs)
+
+
+def job(commands: str, stage: str = "test", more: str = "") -> str:
+    return f"- stage: {stage}\n  commands: {commands}\n{more}"
+
+
+def submit(client: httpx.Client, who: Account, text: str, **body: Any) -> httpx.Response:
+    return client.post(B, json={"manifest": text, **body}, headers=who.auth)
+
+
+def run(client: httpx.Client, who: Account, text: str, **body: Any) -> dict[str, Any]:
+    response = submit(client, who, text, **body)
+    assert response.status_code == 202, response.text
+    return wait_for_build(client, who, response.json()["id"])
+
+
+def output(client: httpx.Client, who: Account, build: dict[str, Any], n: int = 0) -> str:
+    href = build["_embedded"]["jobs"][n]["_links"]["output"]["href"]
+    return client.get(href, headers=who.auth).text
+
+
+def test_a_submitted_build_is_queued_then_passes(client: httpx.Client, alice: Account) -> None:
+    text = manifest(job('["echo $GREETING", "echo done"]'), extra="env: [GREETING=hello]\n")
+    response = submit(client, alice, text, comment="first", tags=["one"])
+    assert response.status_code == 202
+    queued = response.json()
+    assert response.headers["location"] == f"{B}/{queued['id']}"
+    assert queued["status"] in ("queued", "running")
+    assert queued["tags"] == ["one"]
+    assert queued["comment"] == "first"
+    assert [j["name"] for j in queued["_embedded"]["jobs"]] == ["test.1"]
+    assert queued["trigger"] == "api"
+    assert queued["submitter"] == alice.username
+    build = wait_for_build(client, alice, queued["id"])
+    assert build["status"] == "passed"
+    assert build["started_at"]
+    assert build["finished_at"]
+    assert output(client, alice, build) == "$ echo $GREETING\nhello\n$ echo done\ndone\n"
+    assert build["_embedded"]["jobs"][0]["exit_code"] == 0
+
+
+def test_builds_are_numbered_per_owner(client: httpx.Client, alice: Account) -> None:
+    first = submit(client, alice, manifest(job('["true"]'))).json()
+    second = submit(client, alice, manifest(job('["true"]'))).json()
+    assert second["number"] == first["number"] + 1
+
+
+def test_a_failing_job_fails_the_build_and_skips_later_stages(
+    client: httpx.Client, alice: Account
+) -> None:
+    text = manifest(
+        job('["echo before", "exit 3", "echo never"]'),
+        job('["echo later"]', stage="make"),
+        stages="[test, make]",
+    )
+    build = run(client, alice, text)
+    assert build["status"] == "failed"
+    first, later = build["_embedded"]["jobs"]
+    assert (first["status"], first["exit_code"]) == ("failed", 3)
+    assert later["status"] == "skipped"
+    assert "never" not in output(client, alice, build).replace("echo never", "")
+
+
+def test_allowed_failures_pass_with_failures(client: httpx.Client, alice: Account) -> None:
+    text = manifest(
+        job('["false"]'),
+        job('["echo made"]', stage="make"),
+        stages="[test, make]",
+        extra="allow_failures: [test]\n",
+    )
+    build = run(client, alice, text)
+    assert build["status"] == "passed_with_failures"
+    assert [j["status"] for j in build["_embedded"]["jobs"]] == ["failed", "passed"]
+
+
+def test_kill_stops_a_running_build(client: httpx.Client, alice: Account) -> None:
+    build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
+    deadline = time.monotonic() + 10
+    while "started" not in output(client, alice, build):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    killed = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
+    assert killed.status_code == 202
+    done = wait_for_build(client, alice, build["id"], seconds=10)
+    assert done["status"] == "killed"
+    assert done["_embedded"]["jobs"][0]["status"] == "killed"
+    again = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
+    assert again.status_code == 409
+    assert again.json()["code"] == "build_finished"
+
+
+def test_a_build_past_its_timeout_times_out(client: httpx.Client, alice: Account) -> None:
+    build = run(client, alice, manifest(job('["sleep 30"]'), extra="timeout: 1s\n"))
+    assert build["status"] == "timed_out"
+
+
+def test_masked_values_never_reach_output(client: httpx.Client, alice: Account) -> None:
+    secret = unique("s3cret")
+    created = client.post(
+        "/api/v1/variables",
+        json={"key": "TOKEN", "value": secret, "masked": True},
+        headers=alice.auth,
+    )
+    assert created.status_code == 201
+    client.post("/api/v1/variables", json={"key": "PLAIN", "value": "visible"}, headers=alice.auth)
+    build = run(client, alice, manifest(job('["echo token=$TOKEN plain=$PLAIN"]')))
+    text = output(client, alice, build)
+    assert secret not in text
+    assert "token=xxxxxx plain=visible" in text
+    given = client.get(f"{B}/{build['id']}/variables", headers=alice.auth).json()
+    values = {v["key"]: v["value"] for v in given["_embedded"]["variables"]}
+    assert values == {"TOKEN": "xxxxxx", "PLAIN": "visible"}
+
+
+def test_artifacts_are_collected_with_their_hashes(client: httpx.Client, alice: Account) -> None:
+    more = "  artifacts: [out/app.bin => app, missing.txt]\n"
+    text = manifest(job('["mkdir -p out", "head -c 100000 /dev/urandom > out/app.bin"]', more=more))
+    build = run(client, alice, text)
+    assert build["status"] == "passed"
+    listed = client.get(f"{B}/{build['id']}/artifacts", headers=alice.auth).json()
+    (artifact,) = listed["_embedded"]["artifacts"]
+    assert (artifact["name"], artifact["path"], artifact["size"]) == ("app", "out/app.bin", 100000)
+    content = client.get(artifact["_links"]["content"]["href"], headers=alice.auth)
+    assert content.status_code == 200
+    assert hashlib.sha256(content.content).hexdigest() == artifact["sha256"]
+    part = client.get(
+        artifact["_links"]["content"]["href"], headers={**alice.auth, "Range": "bytes=0-9"}
+    )
+    assert part.status_code == 206
+    assert part.content == content.content[:10]
+    assert "kiln: artifact missing.txt not found" in output(client, alice, build)
+
+
+def test_objects_are_placed_and_keys_written(client: httpx.Client, alice: Account) -> None:
+    uploaded = client.post(
+        "/api/v1/objects?name=data.txt",
+        content=b"payload",
+        headers={**alice.auth, "Content-Type": "text/plain"},
+    )
+    assert uploaded.status_code == 201
+    key = client.post(
+        "/api/v1/keys",
+        json={"name": "deploy", "key": ssh_private_key(), "config": "Host example\n"},
+        headers=alice.auth,
+    )
+    assert key.status_code == 201
+    extra = "objects: [data.txt => in/data.txt]\nkeys: [deploy]\n"
+    commands = (
+        '["cat in/data.txt", "test -s $HOME/.ssh/deploy && echo key", "cat $HOME/.ssh/config"]'
+    )
+    build = run(client, alice, manifest(job(commands), extra=extra))
+    assert build["status"] == "passed", output(client, alice, build)
+    text = output(client, alice, build)
+    assert "payload" in text
+    assert "\nkey\n" in text
+    assert "Host example" in text
+    objects = client.get(f"{B}/{build['id']}/objects", headers=alice.auth).json()
+    assert [o["name"] for o in objects["_embedded"]["objects"]] == ["data.txt"]
+    keys = client.get(f"{B}/{build['id']}/keys", headers=alice.auth).json()
+    assert [k["name"] for k in keys["_embedded"]["keys"]] == ["deploy"]
+    placed = client.get(f"/api/v1/objects/{uploaded.json()['id']}/builds", headers=alice.auth)
+    assert [b["id"] for b in placed.json()["_embedded"]["builds"]] == [build["id"]]
+
+
+def test_following_output_streams_until_the_job_ends(client: httpx.Client, alice: Account) -> None:
+    build = submit(client, alice, manifest(job('["echo one", "sleep 1", "echo two"]'))).json()
+    href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+    with client.stream("GET", f"{href}?follow=true", headers=alice.auth) as streamed:
+        assert streamed.status_code == 200
+        assert streamed.headers["content-type"].startswith("text/plain")
+        received = b"".join(streamed.iter_bytes()).decode()
+    assert received == "$ echo one\none\n$ sleep 1\n$ echo two\ntwo\n"
+
+
+def test_schema_problems_are_400_with_every_pointer(client: httpx.Client, alice: Account) -> None:
+    text = (
+        "driver: {type: local}\nstages: [a]\njobs:\n- {stage: a, commands: []}\n- {commands: [x]}\n"
+    )
+    response = submit(client, alice, text)
+    assert response.status_code == 400
+    pointers = {e["pointer"] for e in response.json()["errors"]}
+    assert pointers == {"/manifest/jobs/0/commands", "/manifest/jobs/1/stage"}
+    unknown_stage = submit(client, alice, manifest(job('["true"]', stage="nope")))
+    assert unknown_stage.status_code == 400
+    assert unknown_stage.json()["errors"][0]["pointer"] == "/manifest/jobs/0/stage"
+
+
+@pytest.mark.parametrize(
+    ("extra", "pointer"),
+    [
+        ("objects: [nothing.tar]\n", "/manifest/objects/0"),
+        ("keys: [nokey]\n", "/manifest/keys/0"),
+        ("timeout: 90d\n", "/manifest/timeout"),
+    ],
+)
+def test_what_cannot_be_used_is_422(
+    client: httpx.Client, alice: Account, extra: str, pointer: str
+) -> None:
+    response = submit(client, alice, manifest(job('["true"]'), extra=extra))
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "manifest_refused"
+    assert response.json()["errors"][0]["pointer"] == pointer
+
+
+def test_a_driver_this_server_does_not_run_is_501(client: httpx.Client, alice: Account) -> None:
+    text = (
+        "driver: {type: docker, image: debian}\nstages: [a]\njobs:\n- {stage: a, commands: [x]}\n"
+    )
+    response = submit(client, alice, text)
+    assert response.status_code == 501
+    assert response.json()["code"] == "driver_not_enabled"
+
+
+def test_a_manifest_namespace_of_ones_own_is_made_on_the_fly(
+    client: httpx.Client, alice: Account, bob: Account
+) -> None:
+    text = manifest(job('["true"]'), extra="namespace: fresh/child\n")
+    build = submit(client, alice, text).json()
+    namespace = client.get(f"/api/v1/namespaces/{build['namespace_id']}", headers=alice.auth)
+    assert namespace.json()["path"] == f"{alice.username}/fresh/child"
+    assert namespace.json()["visibility"] == "private"
+    foreign = submit(
+        client, bob, manifest(job('["true"]'), extra=f"namespace: {alice.username}/fresh\n")
+    )
+    assert foreign.status_code == 422, foreign.text
+    mine = client.get(f"/api/v1/namespaces/{build['namespace_id']}/builds", headers=alice.auth)
+    assert [b["id"] for b in mine.json()["_embedded"]["builds"]] == [build["id"]]
+
+
+def test_listing_filters_and_tags(client: httpx.Client, alice: Account, bob: Account) -> None:
+    tagged = run(client, alice, manifest(job('["true"]')), comment="release candidate")
+    failed = run(client, alice, manifest(job('["false"]')))
+    added = client.post(f"{B}/{tagged['id']}/tags", json={"name": "rc"}, headers=alice.auth)
+    assert added.status_code == 201
+    assert added.headers["location"] == f"{B}/{tagged['id']}/tags/rc"
+    assert (
+        client.post(f"{B}/{tagged['id']}/tags", json={"name": "rc"}, headers=alice.auth).status_code
+        == 409
+    )
+
+    def ids(query: str) -> list[int]:
+        page = client.get(f"{B}?{query}", headers=alice.auth).json()
+        return [b["id"] for b in page["_embedded"]["builds"]]
+
+    assert ids("tag=rc") == [tagged["id"]]
+    assert ids("status=failed")[0] == failed["id"]
+    assert ids("search=CANDIDATE") == [tagged["id"]]
+    everything = ids("limit=100")
+    assert everything == sorted(everything, reverse=True)  # newest first
+    assert tagged["id"] not in [
+        b["id"] for b in client.get(B, headers=bob.auth).json()["_embedded"]["builds"]
+    ]
+    removed = client.delete(f"{B}/{tagged['id']}/tags/rc", headers=alice.auth)
+    assert removed.status_code == 204
+    assert ids("tag=rc") == []
+    assert client.delete(f"{B}/{tagged['id']}/tags/rc", headers=alice.auth).status_code == 404
