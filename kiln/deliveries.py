@@ -124,6 +124,10 @@ def claim(db: Database, limit: int, lease_seconds: float) -> list[int]:
         .values(next_attempt_at=now + dt.timedelta(seconds=lease_seconds))
         .returning(col(WebhookDelivery.id))
     )
+    # Look before taking the write lock: an idle loop only reads, so it never makes
+    # other processes (or this one's event loop) wait on SQLite's writer lock.
+    if db.first(due.with_only_columns(col(WebhookDelivery.id)), {}) is None:
+        return []
     with db.transaction() as s:
         return list(s.exec(statement).scalars().all())
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlmodel import col, select
 
 from kiln import builds
-from kiln.db import Database, utcnow
+from kiln.db import Database, UTCDateTime, utcnow
 from models import Build, Job
 
 _CLAIM = (
@@ -20,16 +20,24 @@ _CLAIM = (
 )
 # PostgreSQL: concurrent claimers skip each other's row instead of waiting on it.
 # SQLite: the statement runs under the database's write lock, one claimer at a time.
-CLAIM_POSTGRES = text(_CLAIM.format(lock=" FOR UPDATE SKIP LOCKED"))
-CLAIM_SQLITE = text(_CLAIM.format(lock=""))
+_TIMES = (bindparam("now", type_=UTCDateTime), bindparam("lease", type_=UTCDateTime))
+CLAIM_POSTGRES = text(_CLAIM.format(lock=" FOR UPDATE SKIP LOCKED")).bindparams(*_TIMES)
+CLAIM_SQLITE = text(_CLAIM.format(lock="")).bindparams(*_TIMES)
+ANY_QUEUED = text("SELECT 1 FROM builds WHERE status = 'queued' LIMIT 1")
+ANY_LAPSED = text(
+    "SELECT 1 FROM builds WHERE status = 'running' AND lease_expires_at < :now LIMIT 1"
+).bindparams(_TIMES[0])
 RENEW = text(
     "UPDATE builds SET lease_expires_at = :lease WHERE id = :id AND worker = :worker "
     "AND status = 'running' RETURNING kill_requested"
-)
+).bindparams(_TIMES[1])
 
 
 def claim(db: Database, worker: str, lease_seconds: float) -> int | None:
     """The id of the oldest queued build, now running on `worker`; None if none is queued."""
+    # Idle workers only read: no writer lock is taken unless there is a build to claim.
+    if db.first(ANY_QUEUED, {}) is None:
+        return None
     now = utcnow()
     statement = CLAIM_SQLITE if db.is_sqlite else CLAIM_POSTGRES
     with db.transaction() as s:
@@ -60,6 +68,8 @@ def reap(db: Database) -> list[int]:
     """Builds whose worker's lease ran out: failed `worker_lost` if a job had started,
     else queued again. Returns their ids."""
     now = utcnow()
+    if db.first(ANY_LAPSED, {"now": now}) is None:
+        return []
     with db.transaction() as s:
         lost = s.exec(
             select(Build)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -16,13 +16,16 @@ from kiln import builds, events, schedules
 from kiln.auth import Principal
 from kiln.background import Background
 from kiln.build_views import build_view
-from kiln.db import session, utcnow
+from kiln.db import UTCDateTime, session, utcnow
 from kiln.problems import Problem
 from kiln.services import Services
 from models import Build, CronJob, User, owner_key
 
 log = logging.getLogger(__name__)
 BATCH = 20
+ANY_DUE = text("SELECT 1 FROM cron_jobs WHERE next_run <= :now LIMIT 1").bindparams(
+    bindparam("now", type_=UTCDateTime)
+)
 
 
 async def run(background: Background) -> None:
@@ -38,6 +41,8 @@ async def run(background: Background) -> None:
 def fire_due(services: Services) -> int:
     """Submit a build for each due cron job; how many due times were handled."""
     now = utcnow()
+    if services.db.first(ANY_DUE, {"now": now}) is None:  # only read while nothing is due
+        return 0
     with services.db.transaction() as s:
         due = s.exec(
             select(CronJob)

@@ -170,7 +170,9 @@ class Run:
     ) -> tuple[str, str | None]:
         allowed = set(loaded.parsed.allow_failures)
         outcome = "passed"
-        for stage in loaded.parsed.stages:
+        for n, stage in enumerate(loaded.parsed.stages):
+            if n and self.background.stopping.is_set():
+                return "failed", "worker_stopped"
             stage_failed = False
             for job in (j for j in loaded.jobs if j.stage == stage):
                 sink = first if job is loaded.jobs[0] else self._log(job, loaded.plan)
@@ -184,8 +186,6 @@ class Run:
                 return "failed", None
             if stage_failed:
                 outcome = "passed_with_failures"
-            if self.background.stopping.is_set():
-                return "failed", "worker_stopped"
         return outcome, None
 
     async def _job(self, job: Job, workspace: Workspace, sink: OutputLog) -> JobResult:

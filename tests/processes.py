@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -16,6 +17,7 @@ import httpx
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+TOKEN_LINE = re.compile(r"^kiln_[0-9A-Za-z]{43}$")  # the admin token `kiln serve` prints
 
 
 def kiln_command(*args: str) -> list[str]:
@@ -111,5 +113,48 @@ class KilnServe:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._log:
+            self._log.close()
+
+
+class KilnBackground:
+    """`kiln worker` or `kiln scheduler` in a subprocess, its output captured to a file."""
+
+    def __init__(self, command: str, data_dir: Path, env: dict[str, str]) -> None:
+        self.args = [command, "--data-dir", str(data_dir)]
+        self.env = env
+        self.log_path = data_dir.parent / f"{command}-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen[str] | None = None
+        self._log: IO[str] | None = None
+
+    def __enter__(self) -> KilnBackground:
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            kiln_command(*self.args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+        )
+        return self
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(signal.SIGKILL)
         if self._log:
             self._log.close()

@@ -192,12 +192,12 @@ QCOW2_HEADER = b"QFI\xfb\x00\x00\x00\x03" + bytes(56)
 
 
 def wait_for_build(
-    client: httpx.Client, who: Account, build_id: int, *, seconds: float = 30
+    client: httpx.Client, auth: dict[str, str], build_id: int, *, seconds: float = 30
 ) -> dict[str, Any]:
     """The build once it has finished (its status is no longer queued or running)."""
     deadline = time.monotonic() + seconds
     while True:
-        build: dict[str, Any] = client.get(f"/api/v1/builds/{build_id}", headers=who.auth).json()
+        build: dict[str, Any] = client.get(f"/api/v1/builds/{build_id}", headers=auth).json()
         if build["status"] not in ("queued", "running"):
             return build
         assert time.monotonic() < deadline, f"build {build_id} still {build['status']}"

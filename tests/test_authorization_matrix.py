@@ -71,7 +71,7 @@ def world(client: httpx.Client, database_url: str) -> World:
         "invite": post(f"/api/v1/namespaces/{ns}/invites", json={"username": invitee.username}),
         "build": post("/api/v1/builds", json={"manifest": BUILD, "tags": ["t"]}),
     }
-    build = wait_for_build(client, owner, made["build"])
+    build = wait_for_build(client, owner.auth, made["build"])
     made["job"] = build["_embedded"]["jobs"][0]["id"]
     artifacts = client.get(f"/api/v1/builds/{made['build']}/artifacts", headers=owner.auth)
     made["artifact"] = artifacts.json()["_embedded"]["artifacts"][0]["id"]

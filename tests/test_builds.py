@@ -30,7 +30,7 @@ def submit(client: httpx.Client, who: Account, text: str, **body: Any) -> httpx.
 def run(client: httpx.Client, who: Account, text: str, **body: Any) -> dict[str, Any]:
     response = submit(client, who, text, **body)
     assert response.status_code == 202, response.text
-    return wait_for_build(client, who, response.json()["id"])
+    return wait_for_build(client, who.auth, response.json()["id"])
 
 
 def output(client: httpx.Client, who: Account, build: dict[str, Any], n: int = 0) -> str:
@@ -50,7 +50,7 @@ def test_a_submitted_build_is_queued_then_passes(client: httpx.Client, alice: Ac
     assert [j["name"] for j in queued["_embedded"]["jobs"]] == ["test.1"]
     assert queued["trigger"] == "api"
     assert queued["submitter"] == alice.username
-    build = wait_for_build(client, alice, queued["id"])
+    build = wait_for_build(client, alice.auth, queued["id"])
     assert build["status"] == "passed"
     assert build["started_at"]
     assert build["finished_at"]
@@ -100,7 +100,7 @@ def test_kill_stops_a_running_build(client: httpx.Client, alice: Account) -> Non
         time.sleep(0.05)
     killed = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
     assert killed.status_code == 202
-    done = wait_for_build(client, alice, build["id"], seconds=10)
+    done = wait_for_build(client, alice.auth, build["id"], seconds=10)
     assert done["status"] == "killed"
     assert done["_embedded"]["jobs"][0]["status"] == "killed"
     again = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)

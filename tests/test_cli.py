@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 
 import httpx
 
-from tests.processes import KilnServe, kiln_env, run_kiln
+from tests.processes import TOKEN_LINE, KilnServe, kiln_env, run_kiln
 from tests.support import unique
-
-TOKEN = re.compile(r"^kiln_[0-9A-Za-z]{43}$")
 
 
 def test_first_start_makes_an_admin_and_prints_its_token_once(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with KilnServe(data_dir) as server:
-        tokens = [line for line in server.output.splitlines() if TOKEN.match(line)]
+        tokens = [line for line in server.output.splitlines() if TOKEN_LINE.match(line)]
         assert len(tokens) == 1
         with server.client() as client:
             me = client.get("/api/v1/user", headers={"Authorization": f"Bearer {tokens[0]}"})
@@ -26,7 +23,7 @@ def test_first_start_makes_an_admin_and_prints_its_token_once(tmp_path: Path) ->
         assert (data_dir / "cert.pem").exists()
         assert (data_dir / "kiln.db").exists()
     with KilnServe(data_dir) as again:
-        assert not [line for line in again.output.splitlines() if TOKEN.match(line)]
+        assert not [line for line in again.output.splitlines() if TOKEN_LINE.match(line)]
 
 
 def test_flags_also_come_from_the_environment(tmp_path: Path) -> None:
@@ -46,7 +43,7 @@ def test_serve_flags_let_webhooks_reach_a_private_http_address(tmp_path: Path) -
         (("--webhooks-allow-private", "--webhooks-allow-http"), 201),
     ):
         with KilnServe(tmp_path / f"data{len(flags)}", *flags) as server:
-            token = next(line for line in server.output.splitlines() if TOKEN.match(line))
+            token = next(line for line in server.output.splitlines() if TOKEN_LINE.match(line))
             auth = {"Authorization": f"Bearer {token}"}
             with server.client() as client:
                 namespace = client.post("/api/v1/namespaces", json={"name": "n"}, headers=auth)
@@ -82,7 +79,7 @@ def test_users_and_tokens_made_offline_work_online(client: httpx.Client, databas
         database_url,
     )
     assert minted.returncode == 0, minted.stderr
-    assert TOKEN.match(minted.stdout.strip())
+    assert TOKEN_LINE.match(minted.stdout.strip())
     assert minted.stdout.count("\n") == 1
     bearer = {"Authorization": f"Bearer {minted.stdout.strip()}"}
     tokens = client.get("/api/v1/tokens", headers=bearer).json()["_embedded"]["tokens"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from typing import Any
 
 import httpx
 import pytest
@@ -15,13 +17,20 @@ def test_one_structured_line_per_request(
 ) -> None:
     caplog.set_level("INFO", logger="kiln.access")
     response = client.get("/api/v1/user?", headers=alice.auth)
-    lines = [
-        json.loads(r.getMessage())
-        for r in caplog.records
-        if r.name == "kiln.access" and response.headers["x-request-id"] in r.getMessage()
-    ]
-    assert len(lines) == 1
-    line = lines[0]
+
+    def lines() -> list[dict[str, Any]]:
+        return [
+            json.loads(r.getMessage())
+            for r in caplog.records
+            if r.name == "kiln.access" and response.headers["x-request-id"] in r.getMessage()
+        ]
+
+    # The server's thread logs once the response is sent, which may be just after we read it.
+    deadline = time.monotonic() + 5
+    while not lines() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(lines()) == 1
+    line = lines()[0]
     assert line["method"] == "GET"
     assert line["path"] == "/api/v1/user"
     assert line["status"] == 200
