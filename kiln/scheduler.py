@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -44,11 +44,14 @@ def fire_due(services: Services) -> int:
     if services.db.first(ANY_DUE, {"now": now}) is None:  # only read while nothing is due
         return 0
     with services.db.transaction() as s:
+        # Rows another scheduler is firing are skipped (PostgreSQL); SQLite's writer
+        # lock already lets one scheduler at a time in here.
         due = s.exec(
             select(CronJob)
             .where(col(CronJob.next_run) <= now)
             .order_by(col(CronJob.next_run))
             .limit(BATCH)
+            .with_for_update(skip_locked=True)
         ).all()
         for job in due:
             _fire(services, job, now)
@@ -64,12 +67,8 @@ def _fire(services: Services, job: CronJob, now: dt.datetime) -> None:
                 events.emit(build.namespace_id, "cron.submitted", build_view(build))
     except IntegrityError:
         log.info("cron job %s fired for %s by another scheduler", job.id, due_at)
-    # Compare-and-set: of two schedulers, one moves the schedule on.
-    session().exec(
-        update(CronJob)
-        .where(col(CronJob.id) == job.id, col(CronJob.next_run) == due_at)
-        .values(next_run=schedules.next_after(job.schedule, max(due_at, now)), prev_run=due_at)
-    )
+    job.prev_run = due_at
+    job.next_run = schedules.next_after(job.schedule, max(due_at, now))
 
 
 def _submit(services: Services, job: CronJob, due_at: dt.datetime) -> Build | None:

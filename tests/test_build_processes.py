@@ -1,7 +1,9 @@
-"""Workers as real processes: crashes, graceful stops and restarts."""
+"""Workers and schedulers as real processes: crashes, graceful stops, restarts and
+two schedulers racing for the same due time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 from pathlib import Path
@@ -9,7 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
+from kiln.db import Database, session
+from models import CronJob
 from tests.processes import TOKEN_LINE, KilnBackground, KilnServe, kiln_env
 from tests.support import wait_for_build
 
@@ -87,3 +93,34 @@ def test_restarting_serve_loses_no_queued_build(tmp_path: Path) -> None:
         build = submit(client, auth, '["echo ran"]')
     with KilnServe(data, env=env) as again, again.client() as client:
         assert wait_for_build(client, auth, build["id"])["status"] == "passed"
+
+
+def test_two_schedulers_fire_a_due_cron_job_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = kiln_env(**FAST)
+    with KilnServe(data, "--workers", "0", env=env) as server, server.client() as client:
+        auth = admin(server)
+        manifest = 'driver: {type: local}\nstages: [a]\njobs:\n- stage: a\n  commands: ["true"]\n'
+        job = client.post(
+            "/api/v1/cron",
+            json={"name": "often", "schedule": "@hourly", "manifest": manifest},
+            headers=auth,
+        ).json()
+        due = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+        db = Database(f"sqlite:///{data / 'kiln.db'}")
+        with db.transaction():
+            session().exec(update(CronJob).where(col(CronJob.id) == job["id"]).values(next_run=due))
+        db.dispose()
+        with KilnBackground("scheduler", data, env), KilnBackground("scheduler", data, env):
+            fired = wait_until(
+                lambda: client.get(f"/api/v1/cron/{job['id']}/builds", headers=auth).json()[
+                    "_embedded"
+                ]["builds"]
+            )
+            time.sleep(1)  # room for a second firing, were there to be one
+            builds = client.get(f"/api/v1/cron/{job['id']}/builds", headers=auth).json()
+        assert len(builds["_embedded"]["builds"]) == 1
+        assert fired[0]["trigger"] == "cron"
+        after = client.get(f"/api/v1/cron/{job['id']}", headers=auth).json()
+        assert after["prev_run"] == due.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert after["next_run"] > after["prev_run"]
