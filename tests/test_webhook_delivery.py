@@ -175,7 +175,7 @@ def kiln(own_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[htt
         poll_interval=0.05,
         webhook_retry_seconds=0.1,
         webhook_timeout_seconds=2.0,
-        workers=0,
+        workers=1,  # builds run, so their events can be watched
         scheduler=False,
         grace_seconds=5.0,
     )
@@ -448,3 +448,33 @@ def test_no_delivery_is_claimed_twice(
     assert everything
     assert len(everything) == len(set(everything))
     assert set(everything) & queued
+
+
+def test_a_builds_events_are_delivered(
+    kiln: httpx.Client,
+    owner: Account,
+    namespace: dict[str, Any],
+    receiver: MakeReceiver,
+    webhook: MakeWebhook,
+) -> None:
+    target = receiver(secret="b")
+    events_ = ["build.submitted", "build.started", "build.finished", "build.tagged"]
+    webhook(target.url, events_, secret="b")
+    manifest = (
+        f"namespace: {namespace['path']}\ndriver: {{type: local}}\nstages: [a]\n"
+        'jobs:\n- stage: a\n  commands: ["true"]\n'
+    )
+    submitted = kiln.post("/api/v1/builds", json={"manifest": manifest}, headers=owner.auth)
+    assert submitted.status_code == 202, submitted.text
+    build_id = submitted.json()["id"]
+    tagged = kiln.post(f"/api/v1/builds/{build_id}/tags", json={"name": "x"}, headers=owner.auth)
+    assert tagged.status_code == 201, tagged.text
+
+    got = eventually(lambda: at_least(target, 4), "four build events")
+    assert all(r.verified for r in got)
+    by_event = {r.payload["event"]: r.payload["data"] for r in got}
+    assert set(by_event) == set(events_)
+    assert by_event["build.submitted"]["id"] == build_id
+    assert by_event["build.started"]["status"] == "running"
+    assert by_event["build.finished"]["status"] == "passed"
+    assert by_event["build.tagged"]["tag"] == "x"
