@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 import uvicorn
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from kiln import migrate, spec
 from kiln.accounts import create_user, issue_token
@@ -202,3 +202,24 @@ def wait_for_build(
             return build
         assert time.monotonic() < deadline, f"build {build_id} still {build['status']}"
         time.sleep(0.05)
+
+
+def isolated_database(shared_url: str, directory: Path, suffix: str) -> str:
+    """A database for one test module alone, beside the shared one: the suite's shared
+    server runs background loops (workers, deliveries) that would otherwise act on
+    what the module sets up."""
+    if shared_url.startswith("sqlite"):
+        return fresh_database(None, directory)
+    url = make_url(shared_url)
+    name = f"{url.database}_{suffix}"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return fresh_database(url.set(database=name).render_as_string(hide_password=False), directory)

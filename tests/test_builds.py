@@ -273,3 +273,34 @@ def test_listing_filters_and_tags(client: httpx.Client, alice: Account, bob: Acc
     assert removed.status_code == 204
     assert ids("tag=rc") == []
     assert client.delete(f"{B}/{tagged['id']}/tags/rc", headers=alice.auth).status_code == 404
+
+
+def test_the_namespaces_variables_win_over_ones_own(client: httpx.Client, alice: Account) -> None:
+    namespace = client.post("/api/v1/namespaces", json={"name": unique("vars")}, headers=alice.auth)
+    ns = namespace.json()
+    for body in (
+        {"key": "WHO", "value": "mine"},
+        {"key": "WHO", "value": "the namespace's", "namespace_id": ns["id"]},
+        {"key": "ONLY_MINE", "value": "kept"},
+    ):
+        assert client.post("/api/v1/variables", json=body, headers=alice.auth).status_code == 201
+    text = manifest(job('["echo $WHO / $ONLY_MINE"]'), extra=f"namespace: {ns['path']}\n")
+    build = run(client, alice, text)
+    assert "the namespace's / kept" in output(client, alice, build)
+
+
+def test_a_cron_jobs_manifest_is_checked_as_a_submission(
+    client: httpx.Client, alice: Account
+) -> None:
+    body = {"name": unique("c"), "schedule": "@daily"}
+    refused = client.post(
+        "/api/v1/cron",
+        json={**body, "manifest": manifest(job('["true"]'), extra="objects: [nothing]\n")},
+        headers=alice.auth,
+    )
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["pointer"] == "/manifest/objects/0"
+    bad_schema = client.post(
+        "/api/v1/cron", json={**body, "manifest": "driver: {type: local}\n"}, headers=alice.auth
+    )
+    assert bad_schema.status_code == 400

@@ -13,12 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, make_url, text
 
 from kiln import deliveries, events
 from kiln.db import Database, session
@@ -27,7 +25,7 @@ from tests.support import (
     Account,
     RunningServer,
     free_port,
-    fresh_database,
+    isolated_database,
     make_account,
     run,
     server_settings,
@@ -139,30 +137,9 @@ def eventually(check: Callable[[], T | None], what: str) -> T:
         time.sleep(0.05)
 
 
-def isolated_database(shared_url: str, directory: Path) -> str:
-    """A database for this module alone. The suite's shared server runs a delivery loop
-    too, and its settings refuse loopback targets: on the same tables it would fail
-    these tests' deliveries."""
-    if shared_url.startswith("sqlite"):
-        return fresh_database(None, directory)
-    url = make_url(shared_url)
-    name = f"{url.database}_deliveries"
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
-            ).first()
-            if not exists:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return fresh_database(url.set(database=name).render_as_string(hide_password=False), directory)
-
-
 @pytest.fixture(scope="module")
 def own_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return isolated_database(database_url, tmp_path_factory.mktemp("deliveries-db"))
+    return isolated_database(database_url, tmp_path_factory.mktemp("deliveries-db"), "deliveries")
 
 
 @pytest.fixture(scope="module")
