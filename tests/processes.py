@@ -77,7 +77,8 @@ class KilnServe:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"kiln serve exited:\n{self.output}")
+                code = self.process.returncode
+                raise RuntimeError(f"kiln serve exited with {code}:\n{self.output}")
             if (self.data_dir / "cert.pem").exists():
                 try:
                     with self.client() as c:
