@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,8 +60,10 @@ async def drive(
     *,
     concurrency: int,
     duration: float,
+    stop: threading.Event | None = None,
 ) -> Result:
-    """Send `request(n)` over `concurrency` connections for `duration` seconds."""
+    """Send `request(n)` over `concurrency` connections for `duration` seconds, or
+    until `stop` is set."""
     result = Result()
     counter = iter(range(10**12))
     deadline = time.perf_counter() + duration
@@ -68,7 +71,7 @@ async def drive(
     async def worker() -> None:
         reader, writer = await asyncio.open_connection(host, port, ssl=context)
         try:
-            while time.perf_counter() < deadline:
+            while time.perf_counter() < deadline and not (stop and stop.is_set()):
                 started = time.perf_counter()
                 writer.write(request(next(counter)))
                 status = await _read_response(reader)

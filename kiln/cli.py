@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -235,10 +236,12 @@ def worker(
     log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
 ) -> None:
     """Run build workers against the same database and data directory as `kiln serve`.
-    SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits."""
+    SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits. It runs
+    at niceness KILN_WORKER_NICE (10), below the API on a shared machine."""
     from kiln import worker as build_worker
 
     settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
+    os.nice(max(0, settings.worker_nice - os.getpriority(os.PRIO_PROCESS, 0)))
     _run_background(settings, [(f"worker-{n}", build_worker.run) for n in range(workers)])
 
 

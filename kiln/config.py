@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)  # a worker's hold on a build it runs
     grace_seconds: float = Field(default=30.0, ge=0)  # for running jobs when told to stop
     kill_grace_seconds: float = Field(default=5.0, ge=0)  # SIGTERM, then SIGKILL after this
+    # CPU niceness of build work (jobs, and `kiln worker` itself), so that on a shared
+    # machine the API answers first and builds take what is left.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     webhook_retry_seconds: float = Field(default=10.0, gt=0)  # first retry; doubles after
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -151,6 +151,7 @@ class Run:
             loaded.build.driver,
             root=workspace_root(self.services),
             kill_grace=settings.kill_grace_seconds,
+            nice=settings.worker_nice,
         )
         first = self._log(loaded.jobs[0], loaded.plan)
         try:

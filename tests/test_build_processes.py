@@ -4,8 +4,12 @@ two schedulers racing for the same due time."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,51 +59,87 @@ def running(client: httpx.Client, auth: dict[str, str], build_id: int) -> bool:
     return bool(build["_embedded"]["jobs"][0]["status"] == "running")
 
 
-def test_a_worker_killed_mid_build_loses_it_and_another_fails_it(tmp_path: Path) -> None:
+@dataclass
+class Api:
+    """`kiln serve --workers 0` on a fresh data directory, and a client of it."""
+
+    data: Path
+    env: dict[str, str]
+    server: KilnServe
+    client: httpx.Client
+    auth: dict[str, str]
+
+    def worker(self) -> KilnBackground:
+        return KilnBackground("worker", self.data, self.env)
+
+    def build(self, build_id: int) -> dict[str, Any]:
+        build: dict[str, Any] = self.client.get(
+            f"/api/v1/builds/{build_id}", headers=self.auth
+        ).json()
+        return build
+
+    def output(self, build: dict[str, Any]) -> str:
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        return self.client.get(href, headers=self.auth).text
+
+
+@contextmanager
+def api_without_workers(tmp_path: Path) -> Iterator[Api]:
     data = tmp_path / "data"
     env = kiln_env(**FAST)
     with KilnServe(data, "--workers", "0", env=env) as server, server.client() as client:
-        auth = admin(server)
-        build = submit(client, auth, '["sleep 60"]')
-        with KilnBackground("worker", data, env) as doomed:
-            wait_until(lambda: running(client, auth, build["id"]))
+        yield Api(data, env, server, client, admin(server))
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_a_worker_killed_mid_build_loses_it_and_another_fails_it(tmp_path: Path) -> None:
+    with api_without_workers(tmp_path) as api:
+        build = submit(api.client, api.auth, '["sleep 60"]')
+        with api.worker() as doomed:
+            wait_until(lambda: running(api.client, api.auth, build["id"]))
             doomed.stop(signal.SIGKILL)
-        with KilnBackground("worker", data, env):
-            lost = wait_for_build(client, auth, build["id"], seconds=20)
+        with api.worker():
+            lost = wait_for_build(api.client, api.auth, build["id"], seconds=20)
         assert lost["status"] == "failed"
         assert lost["reason"] == "worker_lost"
 
 
 def test_sigterm_lets_the_running_job_finish(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    env = kiln_env(**FAST)
-    with KilnServe(data, "--workers", "0", env=env) as server, server.client() as client:
-        auth = admin(server)
-        build = submit(client, auth, '["sleep 2", "echo finished"]')
-        with KilnBackground("worker", data, env) as worker:
-            wait_until(lambda: running(client, auth, build["id"]))
+    with api_without_workers(tmp_path) as api:
+        build = submit(api.client, api.auth, '["sleep 2", "echo finished"]')
+        with api.worker() as worker:
+            wait_until(lambda: running(api.client, api.auth, build["id"]))
             assert worker.stop(signal.SIGTERM) == 0
-        done = client.get(f"/api/v1/builds/{build['id']}", headers=auth).json()
+        done = api.build(build["id"])
         assert done["status"] == "passed", worker.output
-        output = client.get(done["_embedded"]["jobs"][0]["_links"]["output"]["href"], headers=auth)
-        assert "finished" in output.text
+        assert "finished" in api.output(done)
+
+
+def test_kiln_worker_and_its_jobs_run_below_the_api(tmp_path: Path) -> None:
+    with api_without_workers(tmp_path) as api:
+        build = submit(api.client, api.auth, '["nice"]')
+        with api.worker() as worker:
+            done = wait_for_build(api.client, api.auth, build["id"])
+            assert worker.process is not None
+            assert niceness(worker.process.pid) >= 10
+        assert int(api.output(done).splitlines()[1]) >= 10
+        assert api.server.process is not None
+        assert niceness(api.server.process.pid) == niceness(os.getpid())  # the API keeps its own
 
 
 def test_restarting_serve_loses_no_queued_build(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    env = kiln_env(**FAST)
-    with KilnServe(data, "--workers", "0", env=env) as server, server.client() as client:
-        auth = admin(server)
-        build = submit(client, auth, '["echo ran"]')
-    with KilnServe(data, env=env) as again, again.client() as client:
-        assert wait_for_build(client, auth, build["id"])["status"] == "passed"
+    with api_without_workers(tmp_path) as api:
+        build = submit(api.client, api.auth, '["echo ran"]')
+    with KilnServe(api.data, env=api.env) as again, again.client() as client:
+        assert wait_for_build(client, api.auth, build["id"])["status"] == "passed"
 
 
 def test_two_schedulers_fire_a_due_cron_job_once(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    env = kiln_env(**FAST)
-    with KilnServe(data, "--workers", "0", env=env) as server, server.client() as client:
-        auth = admin(server)
+    with api_without_workers(tmp_path) as api:
+        data, env, client, auth = api.data, api.env, api.client, api.auth
         manifest = 'driver: {type: local}\nstages: [a]\njobs:\n- stage: a\n  commands: ["true"]\n'
         job = client.post(
             "/api/v1/cron",

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 
-from tests.support import Account, ssh_private_key, unique, wait_for_build
+from tests.support import Account, RunningServer, ssh_private_key, unique, wait_for_build
 
 B = "/api/v1/builds"
 
@@ -56,6 +57,13 @@ def test_a_submitted_build_is_queued_then_passes(client: httpx.Client, alice: Ac
     assert build["finished_at"]
     assert output(client, alice, build) == "$ echo $GREETING\nhello\n$ echo done\ndone\n"
     assert build["_embedded"]["jobs"][0]["exit_code"] == 0
+
+
+def test_jobs_run_below_the_api_at_the_worker_niceness(
+    client: httpx.Client, alice: Account
+) -> None:
+    build = run(client, alice, manifest(job('["nice"]')))
+    assert int(output(client, alice, build).splitlines()[1]) >= 10
 
 
 def test_builds_are_numbered_per_owner(client: httpx.Client, alice: Account) -> None:
@@ -189,6 +197,40 @@ def test_following_output_streams_until_the_job_ends(client: httpx.Client, alice
         assert streamed.headers["content-type"].startswith("text/plain")
         received = b"".join(streamed.iter_bytes()).decode()
     assert received == "$ echo one\none\n$ sleep 1\n$ echo two\ntwo\n"
+
+
+def test_a_follower_that_disconnects_stops_costing_queries(
+    server: RunningServer, alice: Account
+) -> None:
+    polls: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("SELECT jobs.status \nFROM jobs"):
+            polls.append(statement)
+
+    engine = server.app.db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with server.client() as client:
+            build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
+            href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+            deadline = time.monotonic() + 10
+            while "started\n" not in output(client, alice, build):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            with client.stream("GET", f"{href}?follow=true", headers=alice.auth) as streamed:
+                assert b"started\n" in next(streamed.iter_bytes())
+                time.sleep(0.5)
+                assert polls, "the follower is polling while connected"
+        time.sleep(0.5)  # the connection is closed: the stream ends at its next await
+        polls.clear()
+        time.sleep(0.5)
+        assert polls == []
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        with server.client() as client:
+            client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
+            wait_for_build(client, alice.auth, build["id"], seconds=10)
 
 
 def test_schema_problems_are_400_with_every_pointer(client: httpx.Client, alice: Account) -> None:

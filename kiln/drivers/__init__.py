@@ -111,9 +111,9 @@ class PreparationStopped(PreparationFailed):
 KNOWN_DRIVERS = ("local", "docker", "qemu", "ssh")
 
 
-def get(name: str, *, root: Path, kill_grace: float) -> Driver:
+def get(name: str, *, root: Path, kill_grace: float, nice: int = 0) -> Driver:
     """The driver for `name`. `root` is where workspaces are made (the caller passes
-    <data dir>/workspaces).
+    <data dir>/workspaces); jobs run at niceness `nice` at least.
 
     Raises LookupError for names not in KNOWN_DRIVERS and NotImplementedError for
     docker/qemu/ssh (they exist in the interface but are not implemented in this
@@ -126,4 +126,4 @@ def get(name: str, *, root: Path, kill_grace: float) -> Driver:
     # Imported here: the local driver imports this module's types.
     from kiln.drivers.local import LocalDriver
 
-    return LocalDriver(root=root, kill_grace=kill_grace)
+    return LocalDriver(root=root, kill_grace=kill_grace, nice=nice)

@@ -63,15 +63,16 @@ class Exit:
 
 
 class LocalDriver:
-    def __init__(self, *, root: Path, kill_grace: float) -> None:
+    def __init__(self, *, root: Path, kill_grace: float, nice: int = 0) -> None:
         self.root = root
         self.kill_grace = kill_grace
+        self.nice = nice
 
     async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> LocalWorkspace:
         self.root.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"build-{plan.build_id}-", dir=self.root))
         try:
-            workspace = LocalWorkspace(path, plan, self.kill_grace)
+            workspace = LocalWorkspace(path, plan, self.kill_grace, self.nice)
             await workspace.prepare(plan, output, stop)
         except BaseException:
             await asyncio.to_thread(remove_tree, path)
@@ -80,7 +81,7 @@ class LocalDriver:
 
 
 class LocalWorkspace:
-    def __init__(self, path: Path, plan: BuildPlan, kill_grace: float) -> None:
+    def __init__(self, path: Path, plan: BuildPlan, kill_grace: float, nice: int) -> None:
         self.path = path
         self.work = path / "work"
         self.home = path / "home"
@@ -88,6 +89,7 @@ class LocalWorkspace:
         for directory in (self.work, self.home, self.tmp):
             directory.mkdir(mode=0o700)
         self.kill_grace = kill_grace
+        self.nice = nice
         self._base_env = base_env(plan, home=self.home, tmp=self.tmp)
         self._plan_env = plan.env
 
@@ -156,7 +158,12 @@ class LocalWorkspace:
 
     async def _run(self, argv: list[str], env: dict[str, str], output: Output, stop: Stop) -> Exit:
         return await run_process(
-            argv, cwd=self.work, env=env, output=output, stop=stop, kill_grace=self.kill_grace
+            at_niceness(argv, self.nice),
+            cwd=self.work,
+            env=env,
+            output=output,
+            stop=stop,
+            kill_grace=self.kill_grace,
         )
 
 
@@ -288,6 +295,13 @@ def make_directories_writable(top: Path) -> None:
 
 
 # Processes
+
+
+def at_niceness(argv: list[str], nice: int) -> list[str]:
+    """`argv` run at niceness `nice` at least (through nice(1), so that the process and
+    everything it starts has it from its first instruction)."""
+    increment = nice - os.getpriority(os.PRIO_PROCESS, 0)
+    return ["nice", "-n", str(increment), *argv] if increment > 0 else argv
 
 
 async def run_process(
