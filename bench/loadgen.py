@@ -13,6 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile of `values` (nearest rank), 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 @dataclass
 class Result:
     requests: int = 0
@@ -25,10 +33,7 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def percentile(self, p: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies, p)
 
     @property
     def p50_ms(self) -> float:

@@ -35,7 +35,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bench.loadgen import Result, drive, get
+from bench.loadgen import Result, drive, get, percentile
 from bench.servers import serving
 from tests.processes import kiln_env, run_kiln
 from tests.support import free_port
@@ -104,11 +104,6 @@ class CpuMeter:
 
     def stop(self) -> None:
         self.used = {k: v - self._started.get(k, 0.0) for k, v in self._sample().items()}
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def main() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+from handlers.variables import shown_value
 from kiln import builds, events, hal, output, resources
 from kiln.access import caller_params
 from kiln.auth import current_principal
@@ -21,12 +22,12 @@ from kiln.build_views import (
 )
 from kiln.db import after_commit, session
 from kiln.operations import current_app, read
-from kiln.pagination import paginate
+from kiln.pagination import Page, paginate
 from kiln.problems import Problem, not_found
 from models import Artifact, Build, BuildKey, BuildObject, BuildTag, BuildVariable, Job
 
 NOUN = "Build"
-MASK = "xxxxxx"
+T = TypeVar("T")
 
 
 def list_builds(
@@ -96,44 +97,30 @@ def kill_build(id: int) -> ConnexionResponse:
 
 
 def list_build_jobs(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id)
-    page = paginate(select(Job).where(Job.build_id == id), Job.id, limit=limit, after=after)
+    page = _page_of_build_rows(Job, id, limit, after)
     return hal.collection("jobs", [represent_job(j) for j in page.rows], page.links)
 
 
 def get_build_job(id: int, job_id: int) -> ConnexionResponse:
-    _find(id)
-    return hal.resource(represent_job(_job(id, job_id)))
+    return hal.resource(represent_job(_of_build(Job, id, job_id, "Job")))
 
 
 async def get_build_job_output(id: int, job_id: int, follow: bool = False) -> Any:
-    def find() -> Job:
-        _find(id)
-        return _job(id, job_id)
-
-    job = await read(find)
+    job = await read(lambda: _of_build(Job, id, job_id, "Job"))
     return output.response(current_app().services, job, follow=follow)
 
 
 def list_build_artifacts(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id)
-    page = paginate(
-        select(Artifact).where(Artifact.build_id == id), Artifact.id, limit=limit, after=after
-    )
+    page = _page_of_build_rows(Artifact, id, limit, after)
     return hal.collection("artifacts", [represent_artifact(a) for a in page.rows], page.links)
 
 
 def get_build_artifact(id: int, artifact_id: int) -> ConnexionResponse:
-    _find(id)
-    return hal.resource(represent_artifact(_artifact(id, artifact_id)))
+    return hal.resource(represent_artifact(_of_build(Artifact, id, artifact_id, "Artifact")))
 
 
 async def get_build_artifact_content(id: int, artifact_id: int) -> Any:
-    def find() -> Artifact:
-        _find(id)
-        return _artifact(id, artifact_id)
-
-    artifact = await read(find)
+    artifact = await read(lambda: _of_build(Artifact, id, artifact_id, "Artifact"))
     return serve_file(
         current_app().storage.local_path(artifact.storage_key),
         name=artifact.name,
@@ -144,10 +131,7 @@ async def get_build_artifact_content(id: int, artifact_id: int) -> Any:
 
 
 def list_build_tags(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id)
-    page = paginate(
-        select(BuildTag).where(BuildTag.build_id == id), BuildTag.id, limit=limit, after=after
-    )
+    page = _page_of_build_rows(BuildTag, id, limit, after)
     return hal.collection("tags", [represent_tag(t) for t in page.rows], page.links)
 
 
@@ -173,13 +157,7 @@ def remove_build_tag(id: int, name: str) -> ConnexionResponse:
 
 
 def list_build_objects(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id)
-    page = paginate(
-        select(BuildObject).where(BuildObject.build_id == id),
-        BuildObject.id,
-        limit=limit,
-        after=after,
-    )
+    page = _page_of_build_rows(BuildObject, id, limit, after)
     items = [
         {
             "id": o.id,
@@ -196,20 +174,13 @@ def list_build_objects(id: int, limit: int = 25, after: str | None = None) -> Co
 
 
 def list_build_variables(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id, members_only=True)
-    page = paginate(
-        select(BuildVariable).where(BuildVariable.build_id == id),
-        BuildVariable.id,
-        limit=limit,
-        after=after,
-    )
-    secrets = current_app().secrets
+    page = _page_of_build_rows(BuildVariable, id, limit, after, members_only=True)
     items = [
         {
             "id": v.id,
             "variable_id": v.variable_id,
             "key": v.key,
-            "value": MASK if v.masked else secrets.decrypt(v.value),
+            "value": shown_value(v.masked, v.value),
             "masked": v.masked,
             "_links": _given_links(id, "variables", v.variable_id),
         }
@@ -219,10 +190,7 @@ def list_build_variables(id: int, limit: int = 25, after: str | None = None) -> 
 
 
 def list_build_keys(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
-    _find(id, members_only=True)
-    page = paginate(
-        select(BuildKey).where(BuildKey.build_id == id), BuildKey.id, limit=limit, after=after
-    )
+    page = _page_of_build_rows(BuildKey, id, limit, after, members_only=True)
     items = [
         {
             "id": k.id,
@@ -268,6 +236,15 @@ def page_of_builds_where(condition: Any, limit: int, after: str | None) -> Conne
     return _page_of_builds(query, limit=limit, after=after)
 
 
+def _page_of_build_rows(
+    model: Any, id: int, limit: int, after: str | None, *, members_only: bool = False
+) -> Page:
+    """A page of build `id`'s rows of `model`, once the caller may see the build."""
+    _find(id, members_only=members_only)
+    query = select(model).where(model.build_id == id)
+    return paginate(query, model.id, limit=limit, after=after)
+
+
 def _find(id: int, *, change: bool = False, members_only: bool = False) -> Build:
     principal = current_principal()
     if change:
@@ -275,22 +252,15 @@ def _find(id: int, *, change: bool = False, members_only: bool = False) -> Build
     return resources.find(Build, id, principal, members_only=members_only, noun=NOUN)
 
 
-def _job(build_id: int, job_id: int) -> Job:
-    job = session().exec(select(Job).where(Job.id == job_id, Job.build_id == build_id)).first()
-    if job is None:
-        raise not_found("Job", job_id)
-    return job
-
-
-def _artifact(build_id: int, artifact_id: int) -> Artifact:
-    artifact = (
-        session()
-        .exec(select(Artifact).where(Artifact.id == artifact_id, Artifact.build_id == build_id))
-        .first()
-    )
-    if artifact is None:
-        raise not_found("Artifact", artifact_id)
-    return artifact
+def _of_build(model: type[T], build_id: int, row_id: int, noun: str) -> T:
+    """One of build `build_id`'s rows of `model`, once the caller may see the build."""
+    _find(build_id)
+    columns: Any = model  # every build row has `id` and `build_id`
+    query = select(model).where(columns.id == row_id, columns.build_id == build_id)
+    row = session().exec(query).first()
+    if row is None:
+        raise not_found(noun, row_id)
+    return row
 
 
 def _given_links(build_id: int, plural: str, resource_id: int | None) -> dict[str, Any]:

@@ -9,11 +9,9 @@ from sqlmodel import col, delete
 
 from handlers.builds import page_of_builds_where
 from kiln import builds, hal, resources, schedules
-from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
 from kiln.operations import current_app
-from kiln.pagination import paginate
 from kiln.problems import FieldError, validation_failed
 from models import Build, CronJob
 
@@ -44,16 +42,16 @@ def list_cron_jobs(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    principal = current_principal()
-    query = resources.listing(
+    page = resources.page_of(
         CronJob,
-        principal,
+        current_principal(),
         members_only=True,
+        search_column=CronJob.name,
         namespace_id=namespace_id,
         search=search,
-        search_column=CronJob.name,
+        limit=limit,
+        after=after,
     )
-    page = paginate(query, CronJob.id, limit=limit, after=after, params=caller_params(principal))
     return hal.collection("cron", [represent_cron_job(j) for j in page.rows], page.links)
 
 

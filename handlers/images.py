@@ -7,9 +7,7 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 
 from kiln import blobs, hal, resources
-from kiln.access import caller_params
 from kiln.auth import current_principal
-from kiln.pagination import paginate
 from models import Image
 
 NOUN = "Image"
@@ -50,16 +48,16 @@ def list_images(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    principal = current_principal()
-    query = resources.listing(
+    page = resources.page_of(
         Image,
-        principal,
+        current_principal(),
         members_only=False,
+        search_column=Image.name,
         namespace_id=namespace_id,
         search=search,
-        search_column=Image.name,
+        limit=limit,
+        after=after,
     )
-    page = paginate(query, Image.id, limit=limit, after=after, params=caller_params(principal))
     return hal.collection("images", [represent_image(i) for i in page.rows], page.links)
 
 

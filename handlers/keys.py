@@ -9,11 +9,9 @@ from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
 from kiln import hal, resources
-from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
 from kiln.operations import current_app, read, unit
-from kiln.pagination import paginate
 from kiln.problems import FieldError, Problem
 from kiln.sshkeys import InvalidKey, ParsedKey, parse_private_key
 from models import SshKey
@@ -39,16 +37,16 @@ def list_keys(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    principal = current_principal()
-    query = resources.listing(
+    page = resources.page_of(
         SshKey,
-        principal,
+        current_principal(),
         members_only=True,
+        search_column=SshKey.name,
         namespace_id=namespace_id,
         search=search,
-        search_column=SshKey.name,
+        limit=limit,
+        after=after,
     )
-    page = paginate(query, SshKey.id, limit=limit, after=after, params=caller_params(principal))
     return hal.collection("keys", [represent_key(k) for k in page.rows], page.links)
 
 

@@ -9,9 +9,7 @@ from sqlmodel import col, select
 
 from handlers.builds import page_of_builds_where
 from kiln import blobs, hal, resources
-from kiln.access import caller_params
 from kiln.auth import current_principal
-from kiln.pagination import paginate
 from models import Blob, Build, BuildObject, StoredObject
 
 NOUN = "Object"
@@ -50,17 +48,15 @@ def list_objects(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    principal = current_principal()
-    query = resources.listing(
+    page = resources.page_of(
         StoredObject,
-        principal,
+        current_principal(),
         members_only=False,
+        search_column=StoredObject.name,
         namespace_id=namespace_id,
         search=search,
-        search_column=StoredObject.name,
-    )
-    page = paginate(
-        query, StoredObject.id, limit=limit, after=after, params=caller_params(principal)
+        limit=limit,
+        after=after,
     )
     return hal.collection("objects", [represent_object(o) for o in page.rows], page.links)
 

@@ -8,25 +8,27 @@ from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
 from kiln import hal, resources
-from kiln.access import caller_params
 from kiln.auth import current_principal
 from kiln.db import session, utcnow
+from kiln.masking import MASK
 from kiln.operations import current_app
-from kiln.pagination import paginate
 from kiln.problems import FieldError, Problem
 from models import Variable
 
-MASK = "xxxxxx"
 MIN_MASKED_LENGTH = 6
 NOUN = "Variable"
 
 
+def shown_value(masked: bool, stored: str) -> str:
+    """What the API shows of a variable's (encrypted) value: never a masked one."""
+    return MASK.decode() if masked else current_app().secrets.decrypt(stored)
+
+
 def represent_variable(variable: Variable) -> hal.Body:
-    value = MASK if variable.masked else current_app().secrets.decrypt(variable.value)
     return {
         "id": variable.id,
         "key": variable.key,
-        "value": value,
+        "value": shown_value(variable.masked, variable.value),
         "masked": variable.masked,
         **resources.owner_fields(variable),
         "_links": {
@@ -42,16 +44,16 @@ def list_variables(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    principal = current_principal()
-    query = resources.listing(
+    page = resources.page_of(
         Variable,
-        principal,
+        current_principal(),
         members_only=True,
+        search_column=Variable.key,
         namespace_id=namespace_id,
         search=search,
-        search_column=Variable.key,
+        limit=limit,
+        after=after,
     )
-    page = paginate(query, Variable.id, limit=limit, after=after, params=caller_params(principal))
     return hal.collection("variables", [represent_variable(v) for v in page.rows], page.links)
 
 

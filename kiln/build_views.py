@@ -8,11 +8,12 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from kiln import hal
+from kiln import hal, resources
 from kiln.db import session
 from models import Artifact, Build, BuildTag, Job, User
 
 B = "/api/v1/builds"
+BUILD_SUBRESOURCES = ("jobs", "artifacts", "tags", "kill", "objects", "variables", "keys")
 
 
 def represent_job(job: Job) -> hal.Body:
@@ -43,11 +44,9 @@ def represent_build(
     href = f"{B}/{build.id}"
     links: dict[str, Any] = {
         "self": hal.link(href),
-        **{name: hal.link(f"{href}/{name}") for name in ("jobs", "artifacts", "tags", "kill")},
-        **{name: hal.link(f"{href}/{name}") for name in ("objects", "variables", "keys")},
+        **{name: hal.link(f"{href}/{name}") for name in BUILD_SUBRESOURCES},
+        **resources.owner_links(build),
     }
-    if build.namespace_id is not None:
-        links["namespace"] = hal.link(f"/api/v1/namespaces/{build.namespace_id}")
     if build.cron_job_id is not None:
         links["cron_job"] = hal.link(f"/api/v1/cron/{build.cron_job_id}")
     return {

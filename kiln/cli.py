@@ -239,9 +239,10 @@ def worker(
     SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits. It runs
     at niceness KILN_WORKER_NICE (10), below the API on a shared machine."""
     from kiln import worker as build_worker
+    from kiln.drivers import niceness_increment
 
     settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
-    os.nice(max(0, settings.worker_nice - os.getpriority(os.PRIO_PROCESS, 0)))
+    os.nice(niceness_increment(settings.worker_nice))
     _run_background(settings, [(f"worker-{n}", build_worker.run) for n in range(workers)])
 
 

@@ -19,6 +19,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from kiln import access, hal
 from kiln.auth import Principal
 from kiln.db import session
+from kiln.pagination import Page, paginate
 from kiln.problems import Problem, not_found
 from models import Namespace, Owned, owner_key
 
@@ -109,6 +110,31 @@ def listing(
     if search is not None:
         query = query.where(func.lower(search_column).contains(search.lower(), autoescape=True))
     return query
+
+
+def page_of(
+    model: type[T],
+    principal: Principal,
+    *,
+    members_only: bool,
+    search_column: Any,
+    namespace_id: int | None,
+    search: str | None,
+    limit: int,
+    after: str | None,
+) -> Page:
+    """A page of `listing(...)`, oldest first."""
+    query = listing(
+        model,
+        principal,
+        members_only=members_only,
+        namespace_id=namespace_id,
+        search=search,
+        search_column=search_column,
+    )
+    params = access.caller_params(principal)
+    key = model.id  # type: ignore[attr-defined]
+    return paginate(query, key, limit=limit, after=after, params=params)
 
 
 def owner_fields(resource: Owned) -> dict[str, Any]:

@@ -45,90 +45,17 @@ def run_kiln(
     )
 
 
-class KilnServe:
-    """`kiln serve` in a subprocess, its output captured to a file."""
+class KilnProcess:
+    """A `kiln` command in a subprocess, its output captured to a file."""
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.args = ["serve", "--data-dir", str(data_dir), "--port", str(self.port), *args]
-        self.env = env or kiln_env()
-        self.log_path = data_dir.parent / f"serve-{self.port}.log"
-        self.base_url = f"https://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[str] | None = None
-        self._log: IO[str] | None = None
-
-    def __enter__(self) -> KilnServe:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            kiln_command(*self.args),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=REPO,
-        )
-        self.wait_ready()
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(f"kiln serve exited with {code}:\n{self.output}")
-            if (self.data_dir / "cert.pem").exists():
-                try:
-                    with self.client() as c:
-                        if c.get("/healthz").status_code == 200:
-                            return
-                except (httpx.TransportError, ssl.SSLError):
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError(f"kiln serve did not become ready:\n{self.output}")
-
-    @property
-    def cert(self) -> Path:
-        return self.data_dir / "cert.pem"
-
-    @property
-    def output(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def client(self, **options: Any) -> httpx.Client:
-        context = ssl.create_default_context(cafile=self.cert)
-        return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **options)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._log:
-            self._log.close()
-
-
-class KilnBackground:
-    """`kiln worker` or `kiln scheduler` in a subprocess, its output captured to a file."""
-
-    def __init__(self, command: str, data_dir: Path, env: dict[str, str]) -> None:
-        self.args = [command, "--data-dir", str(data_dir)]
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
         self.env = env
-        self.log_path = data_dir.parent / f"{command}-{time.monotonic_ns()}.log"
+        self.log_path = log_path
         self.process: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
 
-    def __enter__(self) -> KilnBackground:
+    def start(self) -> None:
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
             kiln_command(*self.args),
@@ -138,7 +65,6 @@ class KilnBackground:
             env=self.env,
             cwd=REPO,
         )
-        return self
 
     @property
     def output(self) -> str:
@@ -155,7 +81,70 @@ class KilnBackground:
                 self.process.wait()
         return self.process.returncode
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop(signal.SIGKILL)
+    def close(self, sig: int) -> None:
+        self.stop(sig)
         if self._log:
             self._log.close()
+
+
+class KilnServe(KilnProcess):
+    """`kiln serve`, ready once it answers /healthz."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        super().__init__(
+            ["serve", "--data-dir", str(data_dir), "--port", str(self.port), *args],
+            env or kiln_env(),
+            data_dir.parent / f"serve-{self.port}.log",
+        )
+        self.base_url = f"https://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> KilnServe:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.start()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise RuntimeError(f"kiln serve exited with {code}:\n{self.output}")
+            if self.cert.exists():
+                try:
+                    with self.client() as c:
+                        if c.get("/healthz").status_code == 200:
+                            return
+                except (httpx.TransportError, ssl.SSLError):
+                    pass
+            time.sleep(0.1)
+        raise RuntimeError(f"kiln serve did not become ready:\n{self.output}")
+
+    @property
+    def cert(self) -> Path:
+        return self.data_dir / "cert.pem"
+
+    def client(self, **options: Any) -> httpx.Client:
+        context = ssl.create_default_context(cafile=self.cert)
+        return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **options)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(signal.SIGTERM)
+
+
+class KilnBackground(KilnProcess):
+    """`kiln worker` or `kiln scheduler`; killed outright if the block leaves it running."""
+
+    def __init__(self, command: str, data_dir: Path, env: dict[str, str]) -> None:
+        log_path = data_dir.parent / f"{command}-{time.monotonic_ns()}.log"
+        super().__init__([command, "--data-dir", str(data_dir)], env, log_path)
+
+    def __enter__(self) -> KilnBackground:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(signal.SIGKILL)

@@ -10,6 +10,7 @@ qemu, ssh) are part of the interface but not implemented in this deployment.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -109,6 +110,11 @@ class PreparationStopped(PreparationFailed):
 
 
 KNOWN_DRIVERS = ("local", "docker", "qemu", "ssh")
+
+
+def niceness_increment(nice: int) -> int:
+    """How much to add to this process's niceness to run at `nice` at least."""
+    return max(0, nice - os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def get(name: str, *, root: Path, kill_grace: float, nice: int = 0) -> Driver:

@@ -37,6 +37,7 @@ from kiln.drivers import (
     SourceSpec,
     Stop,
     StopStatus,
+    niceness_increment,
 )
 
 CHUNK = 64 * 1024
@@ -300,8 +301,8 @@ def make_directories_writable(top: Path) -> None:
 def at_niceness(argv: list[str], nice: int) -> list[str]:
     """`argv` run at niceness `nice` at least (through nice(1), so that the process and
     everything it starts has it from its first instruction)."""
-    increment = nice - os.getpriority(os.PRIO_PROCESS, 0)
-    return ["nice", "-n", str(increment), *argv] if increment > 0 else argv
+    increment = niceness_increment(nice)
+    return ["nice", "-n", str(increment), *argv] if increment else argv
 
 
 async def run_process(
