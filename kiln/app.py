@@ -93,7 +93,3 @@ class Kiln:
         finally:
             await self.background.stop(self.settings.grace_seconds)
             self.db.dispose()
-
-
-def create_app(settings: Settings | None = None) -> Kiln:
-    return Kiln(settings or Settings())

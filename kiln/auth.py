@@ -47,10 +47,6 @@ class Principal:
     namespace_id: int | None = None  # the namespace a narrowed token is limited to
 
     @property
-    def is_anonymous(self) -> bool:
-        return self.user_id is None
-
-    @property
     def is_narrowed(self) -> bool:
         return self.namespace_id is not None
 
