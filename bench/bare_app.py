@@ -25,17 +25,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.namespaces import represent_namespace
-from kiln import access, namespaces
-from kiln.app import Kiln
-from kiln.auth import authenticate
-from kiln.config import Settings
-from kiln.db import Database
-from kiln.problems import Problem
-from kiln.ratelimit import RateLimits
+from kiln.core.config import Settings
+from kiln.core.problems import Problem
+from kiln.domain import access, namespaces
+from kiln.http.auth import authenticate
+from kiln.http.context import ServedApp
+from kiln.http.ratelimit import RateLimits
+from kiln.store.db import Database
 
 settings = Settings(database_url=os.environ["BARE_DATABASE_URL"])
 db = Database(settings.resolved_database_url)
-kiln_parts = cast(Kiln, SimpleNamespace(db=db, limits=RateLimits(settings)))
+kiln_parts = cast(ServedApp, SimpleNamespace(db=db, limits=RateLimits(settings)))
 
 
 def _json(body: object, status: int = 200) -> Response:

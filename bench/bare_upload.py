@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from kiln.storage import FileSystemStorage
+from kiln.store.storage import FileSystemStorage
 
 ROOT = Path(os.environ["BARE_UPLOAD_DIR"])
 STORE = ROOT / "upload.bin"

@@ -9,21 +9,23 @@ from sqlmodel import col, delete, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from handlers.variables import shown_value
-from kiln import builds, events, hal, output, resources
-from kiln.access import caller_params
-from kiln.auth import current_principal
-from kiln.blobs import serve_file
-from kiln.build_views import (
+from kiln.core.problems import Problem, not_found
+from kiln.domain import builds, events, resources
+from kiln.domain.access import caller_params
+from kiln.domain.build_views import (
     build_view,
     build_views,
     represent_artifact,
     represent_job,
     represent_tag,
 )
-from kiln.db import after_commit, session
-from kiln.operations import current_app, read
-from kiln.pagination import Page, paginate
-from kiln.problems import Problem, not_found
+from kiln.http import hal, output
+from kiln.http.auth import current_principal
+from kiln.http.blobs import serve_file
+from kiln.http.context import current_app
+from kiln.http.operations import read
+from kiln.http.pagination import Page, paginate
+from kiln.store.db import after_commit, session
 from models import Artifact, Build, BuildKey, BuildObject, BuildTag, BuildVariable, Job
 
 NOUN = "Build"

@@ -8,11 +8,12 @@ from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
 from handlers.builds import page_of_builds_where
-from kiln import builds, hal, resources, schedules
-from kiln.auth import current_principal
-from kiln.db import session, utcnow
-from kiln.operations import current_app
-from kiln.problems import FieldError, validation_failed
+from kiln.core.problems import FieldError, validation_failed
+from kiln.domain import builds, resources, schedules
+from kiln.http import hal, pagination
+from kiln.http.auth import current_principal
+from kiln.http.context import current_app
+from kiln.store.db import session, utcnow
 from models import Build, CronJob
 
 NOUN = "Cron job"
@@ -42,7 +43,7 @@ def list_cron_jobs(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    page = resources.page_of(
+    page = pagination.page_of(
         CronJob,
         current_principal(),
         members_only=True,

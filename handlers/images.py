@@ -6,8 +6,9 @@ from typing import Any
 
 from connexion.lifecycle import ConnexionResponse
 
-from kiln import blobs, hal, resources
-from kiln.auth import current_principal
+from kiln.domain import resources
+from kiln.http import blobs, hal, pagination
+from kiln.http.auth import current_principal
 from models import Image
 
 NOUN = "Image"
@@ -48,7 +49,7 @@ def list_images(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    page = resources.page_of(
+    page = pagination.page_of(
         Image,
         current_principal(),
         members_only=False,

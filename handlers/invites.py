@@ -9,13 +9,15 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, delete, select
 
 from handlers.namespaces import represent_collaborator
-from kiln import access, events, hal
-from kiln.accounts import find_user
-from kiln.auth import Principal, current_principal
-from kiln.db import session
-from kiln.pagination import paginate
-from kiln.problems import FieldError, Problem, not_found
-from kiln.resources import flush_unique
+from kiln.core.principal import Principal
+from kiln.core.problems import FieldError, Problem, not_found
+from kiln.domain import access, events
+from kiln.domain.accounts import find_user
+from kiln.domain.resources import flush_unique
+from kiln.http import hal
+from kiln.http.auth import current_principal
+from kiln.http.pagination import paginate
+from kiln.store.db import session
 from models import Collaborator, Invite, Namespace, NamespaceAncestor, User
 
 Invitee = aliased(User)

@@ -8,12 +8,14 @@ import anyio.to_thread
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
-from kiln import hal, resources
-from kiln.auth import current_principal
-from kiln.db import session, utcnow
-from kiln.operations import current_app, read, unit
-from kiln.problems import FieldError, Problem
-from kiln.sshkeys import InvalidKey, ParsedKey, parse_private_key
+from kiln.core.problems import FieldError, Problem
+from kiln.domain import resources
+from kiln.domain.sshkeys import InvalidKey, ParsedKey, parse_private_key
+from kiln.http import hal, pagination
+from kiln.http.auth import current_principal
+from kiln.http.context import current_app
+from kiln.http.operations import read, unit
+from kiln.store.db import session, utcnow
 from models import SshKey
 
 NOUN = "Key"
@@ -37,7 +39,7 @@ def list_keys(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    page = resources.page_of(
+    page = pagination.page_of(
         SshKey,
         current_principal(),
         members_only=True,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from connexion.lifecycle import ConnexionResponse
 
-from kiln import hal
-from kiln.operations import current_app
-from kiln.problems import CATALOGUE, Problem
+from kiln.core.problems import CATALOGUE, Problem
+from kiln.http import hal
+from kiln.http.context import current_app
 
 
 def get_health() -> ConnexionResponse:

@@ -8,11 +8,12 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 
-from kiln import access, events, hal, namespaces
-from kiln.auth import current_principal
-from kiln.db import session
-from kiln.pagination import paginate
-from kiln.problems import Problem, not_found
+from kiln.core.problems import Problem, not_found
+from kiln.domain import access, events, namespaces
+from kiln.http import hal
+from kiln.http.auth import current_principal
+from kiln.http.pagination import paginate
+from kiln.store.db import session
 from models import Collaborator, Namespace, NamespaceAncestor, User, Visibility
 
 NS = "/api/v1/namespaces"

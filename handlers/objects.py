@@ -8,8 +8,9 @@ from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, select
 
 from handlers.builds import page_of_builds_where
-from kiln import blobs, hal, resources
-from kiln.auth import current_principal
+from kiln.domain import resources
+from kiln.http import blobs, hal, pagination
+from kiln.http.auth import current_principal
 from models import Blob, Build, BuildObject, StoredObject
 
 NOUN = "Object"
@@ -48,7 +49,7 @@ def list_objects(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    page = resources.page_of(
+    page = pagination.page_of(
         StoredObject,
         current_principal(),
         members_only=False,

@@ -8,13 +8,15 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 
-from kiln import access, hal
-from kiln.accounts import issue_token
-from kiln.auth import Principal, current_principal
-from kiln.credentials import expand_scopes
-from kiln.db import session, utcnow
-from kiln.pagination import paginate
-from kiln.problems import FieldError, Problem, not_found
+from kiln.core.principal import Principal
+from kiln.core.problems import FieldError, Problem, not_found
+from kiln.domain import access
+from kiln.domain.accounts import issue_token
+from kiln.domain.credentials import expand_scopes
+from kiln.http import hal
+from kiln.http.auth import current_principal
+from kiln.http.pagination import paginate
+from kiln.store.db import session, utcnow
 from models import Token
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import select
 
-from kiln import hal
-from kiln.auth import current_principal
-from kiln.db import session
+from kiln.http import hal
+from kiln.http.auth import current_principal
+from kiln.store.db import session
 from models import User
 
 

@@ -7,12 +7,13 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete
 
-from kiln import hal, resources
-from kiln.auth import current_principal
-from kiln.db import session, utcnow
-from kiln.masking import MASK
-from kiln.operations import current_app
-from kiln.problems import FieldError, Problem
+from kiln.core.problems import FieldError, Problem
+from kiln.domain import resources
+from kiln.domain.masking import MASK
+from kiln.http import hal, pagination
+from kiln.http.auth import current_principal
+from kiln.http.context import current_app
+from kiln.store.db import session, utcnow
 from models import Variable
 
 MIN_MASKED_LENGTH = 6
@@ -44,7 +45,7 @@ def list_variables(
     namespace_id: int | None = None,
     search: str | None = None,
 ) -> ConnexionResponse:
-    page = resources.page_of(
+    page = pagination.page_of(
         Variable,
         current_principal(),
         members_only=True,

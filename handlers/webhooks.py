@@ -7,12 +7,14 @@ from typing import Any
 from connexion.lifecycle import ConnexionResponse
 from sqlmodel import col, delete, select
 
-from kiln import access, events, hal, webhook_targets
-from kiln.auth import current_principal
-from kiln.db import session, utcnow
-from kiln.operations import current_app, read, unit
-from kiln.pagination import paginate
-from kiln.problems import FieldError, Problem, not_found
+from kiln.core.problems import FieldError, Problem, not_found
+from kiln.domain import access, events, webhook_targets
+from kiln.http import hal
+from kiln.http.auth import current_principal
+from kiln.http.context import current_app
+from kiln.http.operations import read, unit
+from kiln.http.pagination import paginate
+from kiln.store.db import session, utcnow
 from models import DeliveryAttempt, Webhook, WebhookDelivery
 
 NS = "/api/v1/namespaces"

@@ -17,19 +17,22 @@ from connexion.middleware.server_error import ServerErrorMiddleware
 from connexion.options import SwaggerUIOptions
 from starlette.types import Receive, Scope, Send
 
-from kiln import background, errors, spec
-from kiln.auth import SECURITY_MAP, KilnSecurityMiddleware
-from kiln.background import Background
-from kiln.body_limit import BodyLimitMiddleware
-from kiln.config import Settings
-from kiln.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths
-from kiln.https import HttpsOnlyMiddleware
-from kiln.negotiation import AcceptMiddleware
-from kiln.operations import UnitOfWorkResolver
-from kiln.ratelimit import RateLimitMiddleware, RateLimits
-from kiln.request_log import RequestLogMiddleware
-from kiln.services import Services
-from kiln.validation import VALIDATOR_MAP, KilnRequestValidationMiddleware
+from kiln.background import deliveries, scheduler, worker
+from kiln.background.loops import Background
+from kiln.core import spec
+from kiln.core.config import Settings
+from kiln.http import errors
+from kiln.http.auth import SECURITY_MAP, KilnSecurityMiddleware
+from kiln.http.body_limit import BodyLimitMiddleware
+from kiln.http.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths
+from kiln.http.context import attach
+from kiln.http.https import HttpsOnlyMiddleware
+from kiln.http.negotiation import AcceptMiddleware
+from kiln.http.operations import UnitOfWorkResolver
+from kiln.http.ratelimit import RateLimitMiddleware, RateLimits
+from kiln.http.request_log import RequestLogMiddleware
+from kiln.http.validation import VALIDATOR_MAP, KilnRequestValidationMiddleware
+from kiln.store.services import Services
 
 
 class Kiln:
@@ -75,7 +78,7 @@ class Kiln:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["kiln.app"] = self
+        attach(scope, self)
         await self._asgi(scope, receive, send)
 
     def nudge(self, topic: str) -> None:
@@ -87,9 +90,22 @@ class Kiln:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        self.background = background.start_configured(self.services)
+        self.background = start_background(self.services)
         try:
             yield
         finally:
             await self.background.stop(self.settings.grace_seconds)
             self.db.dispose()
+
+
+def start_background(services: Services) -> Background:
+    """The loops `kiln serve` runs beside the API, as its settings ask."""
+    settings = services.settings
+    running = Background(services)
+    for n in range(settings.workers):
+        running.start(f"worker-{n}", worker.run)
+    if settings.scheduler:
+        running.start("scheduler", scheduler.run)
+    if settings.deliveries:
+        running.start("deliveries", deliveries.run)
+    return running

@@ -13,11 +13,11 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from kiln import migrate, secrets
-from kiln.accounts import create_user, find_user, issue_token, parse_duration
-from kiln.bootstrap import ADMIN, first_admin_token
-from kiln.config import Settings
-from kiln.db import Database, session, utcnow
+from kiln.core.config import Settings
+from kiln.domain.accounts import create_user, find_user, issue_token, parse_duration
+from kiln.domain.bootstrap import ADMIN, first_admin_token
+from kiln.store import migrate, secrets
+from kiln.store.db import Database, session, utcnow
 from models import Namespace
 
 app = typer.Typer(
@@ -196,8 +196,8 @@ def tokens_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Mint a token and print only its secret on standard output."""
-    from kiln import spec
-    from kiln.credentials import expand_scopes
+    from kiln.core import spec
+    from kiln.domain.credentials import expand_scopes
 
     known = spec.declared_scopes()
     unknown = [s for s in expand_scopes(scope) if s not in known]
@@ -238,8 +238,8 @@ def worker(
     """Run build workers against the same database and data directory as `kiln serve`.
     SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits. It runs
     at niceness KILN_WORKER_NICE (10), below the API on a shared machine."""
-    from kiln import worker as build_worker
-    from kiln.drivers import niceness_increment
+    from kiln.background import worker as build_worker
+    from kiln.drivers.base import niceness_increment
 
     settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
     os.nice(niceness_increment(settings.worker_nice))
@@ -253,15 +253,15 @@ def scheduler(
     log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
 ) -> None:
     """Run the cron scheduler (and webhook delivery) on its own."""
-    from kiln import deliveries
-    from kiln import scheduler as cron
+    from kiln.background import deliveries
+    from kiln.background import scheduler as cron
 
     settings = _settings(data_dir=data_dir, database_url=database_url, log_level=log_level)
     _run_background(settings, [("scheduler", cron.run), ("deliveries", deliveries.run)])
 
 
 def _run_background(settings: Settings, loops: list[tuple[str, Any]]) -> None:
-    from kiln.background import run_until_signalled
+    from kiln.background.loops import run_until_signalled
     from kiln.server import configure_logging
 
     configure_logging(settings.log_level)

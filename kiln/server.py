@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from kiln.app import Kiln
-from kiln.config import Settings
+from kiln.core.config import Settings
 from kiln.tls import ensure_self_signed
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers the tables)
-from kiln.config import Settings
+from kiln.core.config import Settings
 
 config = context.config
 url = config.attributes.get("url") or Settings().resolved_database_url

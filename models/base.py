@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlmodel import Field
 
-from kiln.db import UTCDateTime, utcnow
+from kiln.store.db import UTCDateTime, utcnow
 
 
 def timestamp(*, nullable: bool = False, default_now: bool = True, index: bool = False) -> Any:

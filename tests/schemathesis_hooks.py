@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import schemathesis
 
-from kiln import spec
+from kiln.core import spec
 
 
 @schemathesis.auth(refresh_interval=30, retry_on=[401])

@@ -17,12 +17,13 @@ import httpx
 import uvicorn
 from sqlalchemy import create_engine, make_url, text
 
-from kiln import migrate, spec
-from kiln.accounts import create_user, issue_token
 from kiln.app import Kiln
-from kiln.config import Settings
-from kiln.db import Database
+from kiln.core import spec
+from kiln.core.config import Settings
+from kiln.domain.accounts import create_user, issue_token
 from kiln.server import uvicorn_config
+from kiln.store import migrate
+from kiln.store.db import Database
 from models import Collaborator
 
 T = TypeVar("T")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln import spec
+from kiln.core import spec
 from tests.support import (
     MANIFEST,
     QCOW2_HEADER,

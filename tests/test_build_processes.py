@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
-from kiln.db import Database, session
+from kiln.store.db import Database, session
 from models import CronJob
 from tests.processes import TOKEN_LINE, KilnBackground, KilnServe, kiln_env
 from tests.support import wait_for_build

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from kiln import spec
-from kiln.problems import CATALOGUE
+from kiln.core import spec
+from kiln.core.problems import CATALOGUE
 
 SPEC = spec.load()
 OPERATIONS = spec.operations()

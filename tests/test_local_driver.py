@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from kiln import drivers
-from kiln.drivers import (
+from kiln.domain.masking import MASK, Masker, OutputLog
+from kiln.drivers import registry as drivers
+from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
     JobResult,
@@ -26,7 +27,6 @@ from kiln.drivers import (
     Stop,
     Workspace,
 )
-from kiln.masking import MASK, Masker, OutputLog
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kiln.problems import CATALOGUE
+from kiln.core.problems import CATALOGUE
 from tests.support import Account
 
 JSON = {"Content-Type": "application/json"}

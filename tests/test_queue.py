@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlmodel import col, update
 
-from kiln import queue
-from kiln.db import Database, session, utcnow
+from kiln.background import queue
+from kiln.store.db import Database, session, utcnow
 from models import Build, Job
 from tests.support import (
     MANIFEST,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from kiln.sshkeys import MAX_KEY_CHARS, InvalidKey, ParsedKey, parse_private_key
+from kiln.domain.sshkeys import MAX_KEY_CHARS, InvalidKey, ParsedKey, parse_private_key
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 

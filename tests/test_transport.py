@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from kiln import spec
+from kiln.core import spec
 from tests.support import Account, RunningServer, server_settings
 
 

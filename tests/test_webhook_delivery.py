@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from kiln import deliveries, events
-from kiln.db import Database, session
+from kiln.background import deliveries
+from kiln.domain import events
+from kiln.store.db import Database, session
 from models import Webhook
 from tests.support import (
     Account,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from kiln.drivers import (
+from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
     JobResult,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import kiln.db
+import kiln.store.db
 
 
 revision: str = '9d8d4e726ccf'
@@ -31,8 +31,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
@@ -43,13 +43,13 @@ def upgrade() -> None:
     sa.Column('timeout_seconds', sa.Integer(), nullable=False),
     sa.Column('submitter_id', sa.Integer(), nullable=True),
     sa.Column('cron_job_id', sa.Integer(), nullable=True),
-    sa.Column('cron_due_at', kiln.db.UTCDateTime(), nullable=True),
+    sa.Column('cron_due_at', kiln.store.db.UTCDateTime(), nullable=True),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('kill_requested', sa.Boolean(), nullable=False),
     sa.Column('worker', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
-    sa.Column('lease_expires_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('started_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', kiln.db.UTCDateTime(), nullable=True),
+    sa.Column('lease_expires_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('started_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', kiln.store.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['cron_job_id'], ['cron_jobs.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['submitter_id'], ['users.id'], ondelete='SET NULL'),
@@ -102,7 +102,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('build_id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['build_id'], ['builds.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('build_id', 'name')
@@ -137,8 +137,8 @@ def upgrade() -> None:
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('output_size', sa.Integer(), nullable=False),
-    sa.Column('started_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('finished_at', kiln.db.UTCDateTime(), nullable=True),
+    sa.Column('started_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('finished_at', kiln.store.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['build_id'], ['builds.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -155,7 +155,7 @@ def upgrade() -> None:
     sa.Column('md5', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
     sa.Column('sha256', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('storage_key', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['build_id'], ['builds.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import kiln.db
+import kiln.store.db
 
 
 revision: str = 'ce96a355d081'
@@ -26,14 +26,14 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('schedule', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('manifest', sa.Text(), nullable=False),
-    sa.Column('next_run', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('prev_run', kiln.db.UTCDateTime(), nullable=True),
+    sa.Column('next_run', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('prev_run', kiln.store.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -48,8 +48,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('content_type', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
@@ -72,7 +72,7 @@ def upgrade() -> None:
     sa.Column('namespace_id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
     sa.Column('inviter_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['inviter_id'], ['users.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
@@ -88,8 +88,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('content_type', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
@@ -110,8 +110,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
     sa.Column('private_key', sa.Text(), nullable=False),
@@ -131,8 +131,8 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Integer(), nullable=True),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
     sa.Column('owner_key', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('value', sa.Text(), nullable=False),
@@ -153,8 +153,8 @@ def upgrade() -> None:
     sa.Column('secret', sa.Text(), nullable=True),
     sa.Column('events', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
     sa.Column('active', sa.Boolean(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -169,9 +169,9 @@ def upgrade() -> None:
     sa.Column('payload', sa.Text(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('finished_at', kiln.db.UTCDateTime(), nullable=True),
+    sa.Column('next_attempt_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', kiln.store.db.UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(['webhook_id'], ['webhooks.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('guid')
@@ -186,7 +186,7 @@ def upgrade() -> None:
     sa.Column('response_code', sa.Integer(), nullable=True),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
     sa.Column('duration_ms', sa.Integer(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['delivery_id'], ['webhook_deliveries.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-import kiln.db
+import kiln.store.db
 
 revision: str = 'fe896dd29700'
 down_revision: str | None = None
@@ -27,7 +27,7 @@ def upgrade() -> None:
     sa.Column('email', sqlmodel.sql.sqltypes.AutoString(length=254), nullable=True),
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.Column('is_admin', sa.Boolean(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('username')
     )
@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('status', sa.Integer(), nullable=True),
     sa.Column('headers', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('body', sa.LargeBinary(), nullable=True),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('user_id', 'key')
@@ -57,8 +57,8 @@ def upgrade() -> None:
     sa.Column('root_id', sa.Integer(), nullable=True),
     sa.Column('depth', sa.Integer(), nullable=False),
     sa.Column('owner_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
-    sa.Column('updated_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['owner_id'], ['users.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['parent_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -72,7 +72,7 @@ def upgrade() -> None:
     op.create_table('collaborators',
     sa.Column('namespace_id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('namespace_id', 'user_id')
@@ -98,9 +98,9 @@ def upgrade() -> None:
     sa.Column('secret_hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('scopes', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
     sa.Column('namespace_id', sa.Integer(), nullable=True),
-    sa.Column('expires_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('last_used_at', kiln.db.UTCDateTime(), nullable=True),
-    sa.Column('created_at', kiln.db.UTCDateTime(), nullable=False),
+    sa.Column('expires_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('last_used_at', kiln.store.db.UTCDateTime(), nullable=True),
+    sa.Column('created_at', kiln.store.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['namespace_id'], ['namespaces.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),

@@ -1,0 +1,320 @@
+"""Build workers: claim a queued build, run its jobs stage by stage with its driver,
+keep its output and artifacts, and settle its status.
+
+A worker renews its lease on the build while it runs (and notices kills then); if
+it dies, another worker's reaper fails or requeues the build (kiln.queue). Told to
+stop, it lets the running job finish within the grace period, then kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from kiln.background import queue
+from kiln.background.loops import Background
+from kiln.domain import events, manifest
+from kiln.domain.build_views import build_view
+from kiln.domain.builds import finish_unstarted
+from kiln.domain.masking import OutputLog
+from kiln.drivers import registry
+from kiln.drivers.base import (
+    ArtifactSpec,
+    BuildPlan,
+    JobResult,
+    JobSpec,
+    KeySpec,
+    PlacedFile,
+    PreparationFailed,
+    SourceSpec,
+    Stop,
+    Workspace,
+)
+from kiln.store import output
+from kiln.store.db import utcnow
+from kiln.store.services import Services
+from kiln.store.storage import TooLarge
+from models import Artifact, Build, BuildKey, BuildObject, BuildVariable, Job
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+async def run(background: Background) -> None:
+    services = background.services
+    settings = services.settings
+    name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    reaped_at = 0.0
+    while not background.stopping.is_set():
+        if time.monotonic() - reaped_at > settings.lease_seconds / 3:
+            for build_id in await services.db.run(lambda: queue.reap(services.db)):
+                log.warning("build %s lost its worker", build_id)
+            reaped_at = time.monotonic()
+        claimed = await services.db.run(
+            lambda: queue.claim(services.db, name, settings.lease_seconds)
+        )
+        if claimed is None:
+            await background.idle("worker", settings.poll_interval)
+            continue
+        await _run_one(background, claimed, name)
+
+
+async def _run_one(background: Background, build_id: int, worker: str) -> None:
+    services = background.services
+    try:
+        await Run(background, build_id, worker).execute()
+    except Exception:
+        log.exception("build %s failed in the worker", build_id)
+        await services.db.run(lambda: _settle_after_error(services, build_id))
+
+
+@dataclass
+class Loaded:
+    build: Build
+    jobs: list[Job]
+    parsed: manifest.Manifest
+    plan: BuildPlan
+
+
+class Run:
+    """One build on this worker, from claim to settled status."""
+
+    def __init__(self, background: Background, build_id: int, worker: str) -> None:
+        self.background = background
+        self.services: Services = background.services
+        self.build_id = build_id
+        self.worker = worker
+        self.stop = Stop(killed=asyncio.Event(), deadline=0.0)
+        self.stopped_by_worker = False
+
+    async def execute(self) -> None:
+        loaded = await self.services.db.run(self._load)
+        self.stop.deadline = time.monotonic() + loaded.build.timeout_seconds
+        async with self._heartbeat():
+            status, reason = await self._run_stages(loaded)
+        await self.services.db.run(lambda: self._finish(status, reason))
+
+    # -- loading -------------------------------------------------------------
+
+    def _load(self) -> Loaded:
+        db, secrets = self.services.db, self.services.secrets
+        with db.transaction() as s:
+            build = s.exec(select(Build).where(Build.id == self.build_id)).one()
+            jobs = list(
+                s.exec(select(Job).where(Job.build_id == self.build_id).order_by(col(Job.position)))
+            )
+            given = BuildObject.build_id == self.build_id
+            objects = s.exec(select(BuildObject).where(given)).all()
+            variables = s.exec(
+                select(BuildVariable)
+                .where(BuildVariable.build_id == self.build_id)
+                .order_by(col(BuildVariable.id))
+            ).all()
+            keys = s.exec(select(BuildKey).where(BuildKey.build_id == self.build_id)).all()
+            parsed = manifest.parse(build.manifest)
+            env = parsed.environment()
+            masked = []
+            for variable in variables:
+                value = secrets.decrypt(variable.value)
+                env[variable.key] = value
+                if variable.masked:
+                    masked.append(value)
+            plan = BuildPlan(
+                build_id=self.build_id,
+                env=env,
+                masked=masked,
+                sources=[
+                    SourceSpec(src.url, src.ref, src.directory) for src in manifest.sources(parsed)
+                ],
+                files=[
+                    PlacedFile(self.services.storage.local_path(o.storage_key), o.destination)
+                    for o in objects
+                ],
+                keys=[KeySpec(k.name, secrets.decrypt(k.private_key), k.config) for k in keys],
+                image=parsed.driver.image,
+            )
+            events.emit(build.namespace_id, "build.started", build_view(build))
+        return Loaded(build, jobs, parsed, plan)
+
+    # -- running -------------------------------------------------------------
+
+    async def _run_stages(self, loaded: Loaded) -> tuple[str, str | None]:
+        settings = self.services.settings
+        driver = registry.get(
+            loaded.build.driver,
+            root=workspace_root(self.services),
+            kill_grace=settings.kill_grace_seconds,
+            nice=settings.worker_nice,
+        )
+        first = self._log(loaded.jobs[0], loaded.plan)
+        try:
+            workspace = await driver.prepare(loaded.plan, first, self.stop)
+        except PreparationFailed as exc:
+            await first.write(f"kiln: {exc}\n".encode())
+            await first.close()
+            await self.services.db.run(lambda: self._job_done(loaded.jobs[0], "failed", None, 0))
+            return "failed", "preparation_failed"
+        try:
+            return await self._stages(loaded, workspace, first)
+        finally:
+            await workspace.close()
+
+    async def _stages(
+        self, loaded: Loaded, workspace: Workspace, first: OutputLog
+    ) -> tuple[str, str | None]:
+        allowed = set(loaded.parsed.allow_failures)
+        outcome = "passed"
+        for n, stage in enumerate(loaded.parsed.stages):
+            if n and self.background.stopping.is_set():
+                return "failed", "worker_stopped"
+            stage_failed = False
+            for job in (j for j in loaded.jobs if j.stage == stage):
+                sink = first if job is loaded.jobs[0] else self._log(job, loaded.plan)
+                result = await self._job(job, workspace, sink)
+                if result.status in ("killed", "timed_out"):
+                    if self.stopped_by_worker:
+                        return "failed", "worker_stopped"
+                    return result.status, None
+                stage_failed = stage_failed or result.status == "failed"
+            if stage_failed and stage not in allowed:
+                return "failed", None
+            if stage_failed:
+                outcome = "passed_with_failures"
+        return outcome, None
+
+    async def _job(self, job: Job, workspace: Workspace, sink: OutputLog) -> JobResult:
+        await self.services.db.run(lambda: self._job_started(job))
+        spec = JobSpec(
+            name=job.name,
+            commands=json.loads(job.commands),
+            artifacts=[ArtifactSpec(a["path"], a["name"]) for a in json.loads(job.artifacts)],
+        )
+        result = await workspace.run_job(spec, sink, self.stop)
+        for artifact in spec.artifacts:
+            await self._collect(job, workspace, artifact, sink)
+        await sink.close()
+        size = output.path(self.services, job).stat().st_size
+        await self.services.db.run(
+            lambda: self._job_done(job, result.status, result.exit_code, size)
+        )
+        return result
+
+    async def _collect(
+        self, job: Job, workspace: Workspace, spec: ArtifactSpec, sink: OutputLog
+    ) -> None:
+        found = workspace.artifact(spec)
+        if found is None:
+            await sink.write(f"kiln: artifact {spec.path} not found\n".encode())
+            return
+        upload = self.services.storage.upload(limit=self.services.settings.max_object_size)
+        try:
+            with found.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    await upload.write(chunk)
+            stored = await upload.commit()
+        except TooLarge:
+            await upload.abort()
+            await sink.write(f"kiln: artifact {spec.path} is too large to keep\n".encode())
+            return
+        except OSError as exc:
+            await upload.abort()
+            await sink.write(f"kiln: artifact {spec.path} could not be read: {exc}\n".encode())
+            return
+
+        def record() -> None:
+            with self.services.db.transaction() as s:
+                s.add(
+                    Artifact(
+                        build_id=self.build_id,
+                        job_id=job.id or 0,
+                        name=spec.name,
+                        path=spec.path,
+                        size=stored.size,
+                        md5=stored.md5,
+                        sha256=stored.sha256,
+                        storage_key=stored.key,
+                    )
+                )
+
+        await self.services.db.run(record)
+
+    def _log(self, job: Job, plan: BuildPlan) -> OutputLog:
+        return OutputLog(output.path(self.services, job), plan.masked)
+
+    # -- lease, kills and stopping ------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self) -> None:
+        """Renew the lease, watch for kills, and kill the job when a stop's grace runs out."""
+        settings = self.services.settings
+        db = self.services.db
+        stop_by: float | None = None
+        while True:
+            killed = await db.run(
+                lambda: queue.renew(db, self.build_id, self.worker, settings.lease_seconds)
+            )
+            if killed or killed is None:  # killed, or the lease was lost to a reaper
+                self.stop.killed.set()
+            if self.background.stopping.is_set() and stop_by is None:
+                stop_by = time.monotonic() + max(
+                    0.0, settings.grace_seconds - settings.kill_grace_seconds - 1
+                )
+            if stop_by is not None and time.monotonic() >= stop_by:
+                self.stopped_by_worker = True
+                self.stop.killed.set()
+            await self.background.idle(
+                f"kill-{self.build_id}", min(settings.lease_seconds / 3, 0.5)
+            )
+
+    # -- recording ------------------------------------------------------------
+
+    def _job_started(self, job: Job) -> None:
+        with self.services.db.transaction() as s:
+            row = s.exec(select(Job).where(Job.id == job.id)).one()
+            row.status, row.started_at = "running", utcnow()
+
+    def _job_done(self, job: Job, status: str, exit_code: int | None, size: int) -> None:
+        with self.services.db.transaction() as s:
+            row = s.exec(select(Job).where(Job.id == job.id)).one()
+            row.status, row.exit_code, row.output_size = status, exit_code, size
+            row.finished_at = utcnow()
+            if row.started_at is None:
+                row.started_at = row.finished_at
+
+    def _finish(self, status: str, reason: str | None) -> None:
+        with self.services.db.transaction() as s:
+            build = s.exec(select(Build).where(Build.id == self.build_id)).one()
+            finish_unstarted(build, status, reason)
+            build.worker = None
+            events.emit(build.namespace_id, "build.finished", build_view(build))
+
+
+def _settle_after_error(services: Services, build_id: int) -> None:
+    with services.db.transaction() as s:
+        build = s.exec(select(Build).where(Build.id == build_id)).one_or_none()
+        if build is not None and build.status == "running":
+            finish_unstarted(build, "failed", "worker_error")
+
+
+def workspace_root(services: Services) -> Path:
+    return services.settings.data_dir / "workspaces"

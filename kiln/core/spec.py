@@ -1,0 +1,109 @@
+"""The contract, loaded once: where it is and what each operation declares."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_PACKAGED = Path(__file__).parents[1] / "openapi.yaml"
+_SOURCE = Path(__file__).parents[2] / "openapi.yaml"
+SPEC_PATH = _PACKAGED if _PACKAGED.exists() else _SOURCE
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+@dataclass(frozen=True)
+class OperationInfo:
+    operation_id: str
+    method: str
+    path: str
+    produces: tuple[str, ...]
+    scopes: tuple[str, ...]
+    idempotent_create: bool
+    anonymous: bool
+    streamed_body: bool
+
+
+@functools.cache
+def load() -> dict[str, Any]:
+    with SPEC_PATH.open() as f:
+        spec: dict[str, Any] = yaml.safe_load(f)
+    return spec
+
+
+def resolve(spec: dict[str, Any], node: Any) -> Any:
+    """Follow local `$ref`s until a real node comes out."""
+    while isinstance(node, dict) and "$ref" in node:
+        target: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+@functools.cache
+def operations() -> dict[str, OperationInfo]:
+    spec = load()
+    out: dict[str, OperationInfo] = {}
+    for path, item in spec["paths"].items():
+        shared_params = item.get("parameters", [])
+        for method in METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            params = [resolve(spec, p) for p in [*shared_params, *op.get("parameters", [])]]
+            security = op.get("security", spec.get("security", []))
+            produces: list[str] = []
+            for status, response in op.get("responses", {}).items():
+                if status.startswith(("2", "3")):
+                    for media in resolve(spec, response).get("content", {}):
+                        if media not in produces:
+                            produces.append(media)
+            scopes = tuple(s for req in security for s in req.get("oauth2", []))
+            out[op["operationId"]] = OperationInfo(
+                operation_id=op["operationId"],
+                method=method.upper(),
+                path=path,
+                produces=tuple(produces),
+                scopes=scopes,
+                idempotent_create=any(
+                    p["in"] == "header" and p["name"] == "Idempotency-Key" for p in params
+                ),
+                anonymous={} in security or not security,
+                streamed_body=bool(op.get("x-kiln-streamed-body", False)),
+            )
+    return out
+
+
+def declared_scopes() -> frozenset[str]:
+    flows = load()["components"]["securitySchemes"]["oauth2"]["flows"]
+    return frozenset(s for flow in flows.values() for s in flow["scopes"])
+
+
+def problem_codes() -> tuple[str, ...]:
+    return tuple(load()["components"]["schemas"]["ProblemCode"]["enum"])
+
+
+@functools.cache
+def _path_patterns() -> list[tuple[re.Pattern[str], tuple[str, ...]]]:
+    patterns = []
+    for path, item in load()["paths"].items():
+        regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))
+        methods = [m.upper() for m in METHODS if m in item]
+        if "GET" in methods:
+            methods.append("HEAD")
+        patterns.append((re.compile(f"^{regex}$"), tuple(methods)))
+    return patterns
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods the contract declares for the path a request went to."""
+    for pattern, methods in _path_patterns():
+        if pattern.match(path):
+            return methods
+    return ()

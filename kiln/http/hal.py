@@ -1,0 +1,73 @@
+"""HAL responses: one place decides the media type, the ETag, 304s and Location."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connexion.lifecycle import ConnexionResponse
+
+from kiln.core.bodies import Body as Body
+from kiln.core.bodies import dumps as dumps
+from kiln.core.bodies import link as link
+from kiln.http.asgi import current_scope, header
+from kiln.http.etag import etag_of, none_match, require_match
+from kiln.http.negotiation import HAL_JSON, JSON, choose
+
+_OFFERED = (HAL_JSON, JSON)
+
+
+def _request_header(name: bytes) -> str | None:
+    value = header(current_scope(), name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _respond(raw: bytes, status: int, headers: Mapping[str, str]) -> ConnexionResponse:
+    media = choose(_request_header(b"accept"), _OFFERED) or HAL_JSON
+    return ConnexionResponse(
+        status_code=status, mimetype=media, content_type=media, body=raw, headers=dict(headers)
+    )
+
+
+def resource(
+    body: Body, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> ConnexionResponse:
+    """One resource, with its strong ETag; a GET whose `If-None-Match` matches gets 304."""
+    raw = dumps(body)
+    etag = etag_of(raw)
+    if current_scope()["method"] in ("GET", "HEAD") and none_match(
+        _request_header(b"if-none-match"), etag
+    ):
+        return ConnexionResponse(status_code=304, headers={"ETag": etag})
+    return _respond(raw, status, {"ETag": etag, **(headers or {})})
+
+
+def created(body: Body) -> ConnexionResponse:
+    return resource(body, status=201, headers={"Location": body["_links"]["self"]["href"]})
+
+
+def accepted(body: Body) -> ConnexionResponse:
+    return resource(body, status=202, headers={"Location": body["_links"]["self"]["href"]})
+
+
+def document(body: Body) -> ConnexionResponse:
+    """A 200 with no validator: for answers that are not resources (health, listings)."""
+    return _respond(dumps(body), 200, {})
+
+
+def collection(name: str, items: list[Body], links: dict[str, Any]) -> ConnexionResponse:
+    return document({"_links": links, "_embedded": {name: items}})
+
+
+def no_content() -> ConnexionResponse:
+    return ConnexionResponse(status_code=204)
+
+
+def require_unchanged(current: Body) -> None:
+    """For writes: 412 when `If-Match` names another version than `current`."""
+    require_match(_request_header(b"if-match"), etag_of(dumps(current)))
+
+
+def replay(raw: bytes, headers: Mapping[str, str]) -> ConnexionResponse:
+    """The stored result of an earlier request with the same `Idempotency-Key`."""
+    return _respond(raw, 200, {**headers, "Idempotent-Replayed": "true"})
