@@ -88,10 +88,10 @@ def kill_build(id: int) -> ConnexionResponse:
     build = _find(id, change=True)
     if build.status in builds.TERMINAL:
         raise Problem("build_finished", f"Build {id} has finished ({build.status}).")
+    build.kill_requested = True
     if build.status == "queued":
-        builds.finish_unstarted(build, "killed")
+        builds.finish_unstarted(build, "killed", "killed")
     else:
-        build.kill_requested = True
         app = current_app()
         after_commit(lambda: app.nudge(f"kill-{id}"))
     session().flush()

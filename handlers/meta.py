@@ -26,7 +26,10 @@ def get_readiness() -> ConnexionResponse:
 
 
 def get_problem_type(code: str) -> ConnexionResponse:
-    problem = CATALOGUE[code]
+    # `not-found` is how people (and URL habits) spell `not_found`.
+    problem = CATALOGUE.get(code.replace("-", "_"))
+    if problem is None:
+        raise Problem("not_found", f"No problem type {code}.")
     return hal.document(
         {
             "code": problem.code,

@@ -102,8 +102,7 @@ def update_namespace(id: int, body: dict[str, Any]) -> ConnexionResponse:
 
 def delete_namespace(id: int) -> ConnexionResponse:
     namespace, owner, role = access.find_writable(current_principal(), id)
-    if role is not access.Role.owner:
-        raise Problem("permission_denied", "Only the owner may delete a namespace.")
+    access.require_owner(role, id, "delete it")
     hal.require_unchanged(represent_namespace(namespace, owner))
     namespaces.delete_tree(id)
     return hal.no_content()
@@ -156,7 +155,8 @@ def remove_collaborator(id: int, username: str) -> ConnexionResponse:
 
 def _change(namespace_id: int, changes: dict[str, Any]) -> ConnexionResponse:
     """PUT and PATCH: apply name, description and visibility after the checks."""
-    namespace, owner, _ = access.find_writable(current_principal(), namespace_id)
+    namespace, owner, role = access.find_writable(current_principal(), namespace_id)
+    namespaces.require_may_change(namespace, changes, role)
     hal.require_unchanged(represent_namespace(namespace, owner))
     namespaces.change(namespace, changes)
     body = represent_namespace(namespace, owner)

@@ -14,7 +14,7 @@ from kiln.domain import access
 from kiln.domain.accounts import issue_token
 from kiln.domain.credentials import expand_scopes
 from kiln.http import hal
-from kiln.http.auth import current_principal
+from kiln.http.auth import current_principal, invalid_credentials
 from kiln.http.pagination import paginate
 from kiln.store.db import session, utcnow
 from models import Token
@@ -34,7 +34,8 @@ def represent_token(token: Token) -> hal.Body:
 
 
 def _token_manager() -> Principal:
-    """Tokens are managed with credentials that are not narrowed to a namespace."""
+    """Tokens are managed with the password or with a token that is not narrowed to a
+    namespace (and holds the operation's `token:` scope, which connexion checks)."""
     principal = current_principal()
     if principal.is_narrowed:
         raise Problem(
@@ -77,6 +78,11 @@ def create_token(body: dict[str, Any]) -> ConnexionResponse:
     if namespace_id is not None:
         access.find_readable(principal, namespace_id)
     expires_at = _future_timestamp(body.get("expires_at"), "/expires_at")
+    parent = None
+    if principal.token_id is not None:
+        parent = session().get(Token, principal.token_id)
+        if parent is None:  # revoked since this request was authenticated
+            raise invalid_credentials("The token is unknown or revoked.")
     assert principal.user_id is not None
     token, secret = issue_token(
         principal.user_id,
@@ -84,6 +90,7 @@ def create_token(body: dict[str, Any]) -> ConnexionResponse:
         scopes=scopes,
         namespace_id=namespace_id,
         expires_at=expires_at,
+        parent=parent,
     )
     return hal.created({**represent_token(token), "token": secret})
 

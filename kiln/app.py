@@ -24,7 +24,7 @@ from kiln.core.config import Settings
 from kiln.http import errors
 from kiln.http.auth import SECURITY_MAP, KilnSecurityMiddleware
 from kiln.http.body_limit import BodyLimitMiddleware
-from kiln.http.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths
+from kiln.http.connexion_app import KilnAsyncApp, SwaggerUIOnItsPaths, load_specification
 from kiln.http.context import attach
 from kiln.http.https import HttpsOnlyMiddleware
 from kiln.http.negotiation import AcceptMiddleware
@@ -71,7 +71,7 @@ class Kiln:
             security_map=SECURITY_MAP,
             swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
         )
-        self.api.add_api(spec.SPEC_PATH.name)
+        self.api.add_specification(load_specification(spec.SPEC_PATH))
         errors.install(self.api)
         self._asgi = RequestLogMiddleware(
             HttpsOnlyMiddleware(RateLimitMiddleware(self.api, self.limits))

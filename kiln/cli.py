@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import kiln.core.bytecode  # noqa: F401  (first: what is imported after it is compiled once)
+
+# isort: split
 import asyncio
 import getpass
 import os
@@ -16,7 +19,7 @@ from rich.console import Console
 from kiln.core.config import Settings
 from kiln.domain.accounts import create_user, find_user, issue_token, parse_duration
 from kiln.domain.bootstrap import ADMIN, first_admin_token
-from kiln.store import migrate, secrets
+from kiln.store import files, migrate, secrets
 from kiln.store.db import Database, session, utcnow
 from models import Namespace
 
@@ -35,19 +38,45 @@ secret_keys = typer.Typer(
 app.add_typer(secret_keys, name="secrets")
 err = Console(stderr=True)
 
+# Help texts are rich markup: `\\[` is a literal `[`, which rich would otherwise take for
+# the start of a tag and drop with what follows.
 DataDir = Annotated[
     Path | None,
-    typer.Option(help="Data directory (SQLite database, certificate). [env: KILN_DATA_DIR]"),
+    typer.Option(
+        help="Where the SQLite database, TLS certificate, secrets key, uploads and job output"
+        " live. \\[env: KILN_DATA_DIR]",
+        show_default="./.kiln",
+    ),
 ]
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option(help="postgresql+psycopg://... instead of SQLite. [env: KILN_DATABASE_URL]"),
+    typer.Option(
+        help="The database, such as postgresql+psycopg://user@host/db for PostgreSQL."
+        " \\[env: KILN_DATABASE_URL]",
+        show_default="SQLite in the data directory",
+    ),
 ]
 
 
 def _settings(**given: Any) -> Settings:
     """Flags win over KILN_* variables, which win over defaults."""
     return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105  (a file name)
+
+
+def _hand_over_admin_token(settings: Settings, secret: str) -> None:
+    """The first admin token goes into a file only Kiln's user can read, and to the
+    terminal if there is one: never into a stream that log collectors keep."""
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    files.write(path, f"{secret}\n".encode())
+    # Plain print: rich would wrap a long path across lines.
+    print(
+        f"Created the administrator {ADMIN!r}; its token is in {path} (mode 0600).", file=sys.stderr
+    )
+    if sys.stderr.isatty():
+        print(f"The token, shown here this once:\n{secret}", file=sys.stderr, flush=True)
 
 
 def _prepare(settings: Settings) -> Database:
@@ -58,56 +87,115 @@ def _prepare(settings: Settings) -> Database:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on. [env: KILN_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on. [env: KILN_PORT]")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to listen on. \\[env: KILN_HOST]", show_default="127.0.0.1"),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on. \\[env: KILN_PORT]", show_default="8443"),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     cert: Annotated[
-        Path | None, typer.Option(help="TLS certificate (PEM). [env: KILN_CERT]")
+        Path | None,
+        typer.Option(
+            help="TLS certificate (PEM), with --key. \\[env: KILN_CERT]",
+            show_default="self-signed, in the data directory",
+        ),
     ] = None,
-    key: Annotated[Path | None, typer.Option(help="TLS private key (PEM). [env: KILN_KEY]")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="TLS private key (PEM), with --cert. \\[env: KILN_KEY]",
+            show_default="self-signed, in the data directory",
+        ),
+    ] = None,
     tls: Annotated[
         bool | None,
         typer.Option(
-            "--tls/--no-tls", help="Speak TLS; --no-tls only behind a TLS proxy. [env: KILN_TLS]"
+            "--tls/--no-tls",
+            help="Speak TLS. --no-tls serves plain HTTP to a TLS-terminating proxy; requests"
+            " are still refused unless that proxy is trusted (--forwarded-allow-ips) and sends"
+            " X-Forwarded-Proto: https. \\[env: KILN_TLS]",
+            show_default="on",
         ),
     ] = None,
     forwarded_allow_ips: Annotated[
         str | None,
         typer.Option(
-            help="Proxies whose X-Forwarded-Proto is trusted, comma-separated."
-            " [env: KILN_FORWARDED_ALLOW_IPS]"
+            help="Proxies whose X-Forwarded-For and X-Forwarded-Proto headers are trusted,"
+            " comma-separated. \\[env: KILN_FORWARDED_ALLOW_IPS]",
+            show_default="none",
         ),
     ] = None,
     rate_limit_storage: Annotated[
         str | None,
-        typer.Option(help="memory:// or redis://host:port. [env: KILN_RATE_LIMIT_STORAGE]"),
+        typer.Option(
+            help="Where rate-limit counters live: memory://, or redis://host:port to share them"
+            " between processes. \\[env: KILN_RATE_LIMIT_STORAGE]",
+            show_default="memory://",
+        ),
     ] = None,
     validate_responses: Annotated[
         bool | None,
         typer.Option(
-            help="Check every response against the contract. [env: KILN_VALIDATE_RESPONSES]"
+            help="Check every response against the contract. \\[env: KILN_VALIDATE_RESPONSES]",
+            show_default="off",
         ),
     ] = None,
     webhooks_allow_private: Annotated[
         bool | None,
         typer.Option(
             help="Let webhooks call loopback, private, link-local and multicast addresses."
-            " [env: KILN_WEBHOOKS_ALLOW_PRIVATE]"
+            " \\[env: KILN_WEBHOOKS_ALLOW_PRIVATE]",
+            show_default="off",
         ),
     ] = None,
     webhooks_allow_http: Annotated[
         bool | None,
-        typer.Option(help="Let webhooks use http:// payload URLs. [env: KILN_WEBHOOKS_ALLOW_HTTP]"),
+        typer.Option(
+            help="Let webhooks use http:// payload URLs. \\[env: KILN_WEBHOOKS_ALLOW_HTTP]",
+            show_default="off",
+        ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Build workers to run in this process; 0 for none. [env: KILN_WORKERS]"),
+        typer.Option(
+            help="Build workers to run in this process; 0 for none. \\[env: KILN_WORKERS]",
+            show_default="1",
+        ),
     ] = None,
-    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a client has to send a request line and headers (for a connection's"
+            " first request, from when it connects); slower ones are disconnected."
+            " \\[env: KILN_HEADER_TIMEOUT]",
+            show_default="30.0",
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a client has to send each next KiB of a request body being read;"
+            " slower ones are disconnected. \\[env: KILN_BODY_TIMEOUT]",
+            show_default="30.0",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="debug, info, warning, error or critical. \\[env: KILN_LOG_LEVEL]",
+            show_default="info",
+        ),
+    ] = None,
 ) -> None:
     """Apply migrations and serve the API over HTTPS, with build workers, the cron
-    scheduler and webhook delivery beside it."""
+    scheduler and webhook delivery beside it.
+
+    Every flag can also be set as its KILN_* environment variable; flags win.
+    """
     from kiln.app import Kiln
     from kiln.server import configure_logging, uvicorn_config
 
@@ -125,6 +213,8 @@ def serve(
         webhooks_allow_private=webhooks_allow_private,
         webhooks_allow_http=webhooks_allow_http,
         workers=workers,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
         log_level=log_level,
     )
     configure_logging(settings.log_level)
@@ -134,10 +224,7 @@ def serve(
     finally:
         db.dispose()
     if secret is not None:
-        print(
-            f"Created the administrator {ADMIN!r}. Its token, shown this once:\n{secret}",
-            flush=True,
-        )
+        _hand_over_admin_token(settings, secret)
     config = uvicorn_config(Kiln(settings), settings)
     scheme = "https" if settings.tls else "http"
     err.print(f"Kiln listening on {scheme}://{settings.host}:{settings.port} (docs at /docs)")
@@ -146,8 +233,8 @@ def serve(
 
 @users.command("create")
 def users_create(
-    name: Annotated[str, typer.Argument(help="User name.")],
-    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    name: Annotated[str, typer.Argument(help="The new user's name.")],
+    email: Annotated[str | None, typer.Option(help="E-mail address.", show_default="none")] = None,
     admin: Annotated[bool, typer.Option(help="Make the user an administrator.")] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -186,10 +273,11 @@ def tokens_create(
         typer.Option(help="A scope such as build:read or build:read,write; repeat for more."),
     ],
     namespace: Annotated[
-        int | None, typer.Option(help="Narrow the token to this namespace id.")
+        int | None,
+        typer.Option(help="Narrow the token to this namespace id.", show_default="not narrowed"),
     ] = None,
     expires_in: Annotated[
-        str | None, typer.Option(help="Lifetime such as 30d, 12h or 15m.")
+        str | None, typer.Option(help="Lifetime such as 30d, 12h or 15m.", show_default="never")
     ] = None,
     name: Annotated[str, typer.Option(help="A name to recognise the token by.")] = "cli",
     data_dir: DataDir = None,
@@ -233,7 +321,13 @@ def worker(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     workers: Annotated[int, typer.Option(help="Builds to run at once.")] = 1,
-    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="debug, info, warning, error or critical. \\[env: KILN_LOG_LEVEL]",
+            show_default="info",
+        ),
+    ] = None,
 ) -> None:
     """Run build workers against the same database and data directory as `kiln serve`.
     SIGTERM lets running jobs finish (within KILN_GRACE_SECONDS) before it exits. It runs
@@ -250,7 +344,13 @@ def worker(
 def scheduler(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
-    log_level: Annotated[str | None, typer.Option(help="[env: KILN_LOG_LEVEL]")] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="debug, info, warning, error or critical. \\[env: KILN_LOG_LEVEL]",
+            show_default="info",
+        ),
+    ] = None,
 ) -> None:
     """Run the cron scheduler (and webhook delivery) on its own."""
     from kiln.background import deliveries

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -12,13 +11,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kiln.store import files
+
 
 def ensure_self_signed(directory: Path, host: str) -> tuple[Path, Path]:
-    """`cert.pem` and `key.pem` in `directory`, made on first use and kept after."""
+    """`cert.pem` and `key.pem` in `directory`, made on first use and kept after; 0600."""
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if cert_path.exists() and key_path.exists():
+        files.tighten(cert_path)
+        files.tighten(key_path)
         return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
+    files.private_directory(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
     addresses = {"127.0.0.1", "::1"}
@@ -46,8 +49,6 @@ def ensure_self_signed(directory: Path, host: str) -> tuple[Path, Path]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_bytes)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.write(key_path, key_bytes)
+    files.write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path

@@ -1,7 +1,8 @@
-"""Fixtures: one real server per test session, on SQLite or on PostgreSQL.
+"""Fixtures: one real server per test process, on SQLite or on PostgreSQL.
 
 `KILN_TEST_DATABASE_URL=postgresql+psycopg://...` runs the suite on PostgreSQL;
-without it, on a fresh SQLite file.
+without it, on a fresh SQLite file. Under pytest-xdist each worker has a database of
+its own (on PostgreSQL, `<database>_<worker>` beside the named one).
 """
 
 from __future__ import annotations
@@ -14,14 +15,24 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Account, RunningServer, fresh_database, make_account, server_settings
+from tests.support import (
+    Account,
+    RunningServer,
+    fresh_database,
+    isolated_database,
+    make_account,
+    server_settings,
+)
 
 POSTGRES_URL = os.environ.get("KILN_TEST_DATABASE_URL")
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return fresh_database(POSTGRES_URL, tmp_path_factory.mktemp("db"))
+    directory = tmp_path_factory.mktemp("db")
+    if POSTGRES_URL is None:
+        return fresh_database(None, directory)
+    return isolated_database(POSTGRES_URL, directory, "suite")
 
 
 @pytest.fixture(scope="session")

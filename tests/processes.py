@@ -14,10 +14,11 @@ from typing import IO, Any
 
 import httpx
 
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN_LINE = re.compile(r"^kiln_[0-9A-Za-z]{43}$")  # the admin token `kiln serve` prints
+TOKEN_LINE = re.compile(r"^kiln_[0-9A-Za-z]{43}$")  # a token, as `kiln tokens create` prints it
+ADMIN_TOKEN_FILE = "admin-token"  # where the first `kiln serve` leaves the admin's token
 
 
 def kiln_command(*args: str) -> list[str]:
@@ -106,22 +107,28 @@ class KilnServe(KilnProcess):
         self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                raise RuntimeError(f"kiln serve exited with {code}:\n{self.output}")
-            if self.cert.exists():
-                try:
-                    with self.client() as c:
-                        if c.get("/healthz").status_code == 200:
-                            return
-                except (httpx.TransportError, ssl.SSLError):
-                    pass
-            time.sleep(0.1)
-        raise RuntimeError(f"kiln serve did not become ready:\n{self.output}")
+    def wait_ready(self) -> None:
+        try:
+            wait_until(self._ready, what="kiln serve to answer /healthz")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}; it said:\n{self.output}") from None
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            code = self.process.returncode
+            raise RuntimeError(f"kiln serve exited with {code}:\n{self.output}")
+        if not self.cert.exists():
+            return False
+        try:
+            with self.client() as c:
+                return c.get("/healthz").status_code == 200
+        except (httpx.TransportError, ssl.SSLError):
+            return False
+
+    def admin_token(self) -> str:
+        """The token the first start made for the admin, from the file it leaves."""
+        return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
 
     @property
     def cert(self) -> Path:

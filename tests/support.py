@@ -6,6 +6,7 @@ import itertools
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +30,23 @@ from models import Collaborator
 T = TypeVar("T")
 ALL_SCOPES = sorted(spec.declared_scopes())
 _names = itertools.count(1)
+# How long a wait may take before the test fails. Waits end as soon as their condition
+# holds, so this costs nothing when tests pass; it is generous so that a loaded machine
+# (two cores, two test workers and other work) never fails a test that is only slow.
+WAIT_SECONDS = 120.0
+POLL_SECONDS = 0.05
+
+
+def wait_until(check: Callable[[], T | None], *, what: str, seconds: float = WAIT_SECONDS) -> T:
+    """Poll `check` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(POLL_SECONDS)
 
 
 def unique(prefix: str) -> str:
@@ -119,11 +137,13 @@ class RunningServer:
 
     def __enter__(self) -> RunningServer:
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
+
+        def started() -> bool:
+            if not self.thread.is_alive():
+                raise RuntimeError("the test server's thread ended before it started")
+            return bool(self.server.started)
+
+        wait_until(started, what="the test server to start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,6 +193,14 @@ def query(url: str, statement: str, **params: Any) -> list[Any]:
         engine.dispose()
 
 
+def bytes_of_a_live_database_file(path: Path) -> bytes:
+    """A SQLite file's bytes, read by another process. Closing any descriptor of a
+    database file drops every POSIX lock this process holds on it, including those of
+    the test server's open connections: another process then writes under them and
+    corrupts the database."""
+    return subprocess.run(["cat", "--", str(path)], capture_output=True, check=True).stdout
+
+
 def ssh_private_key() -> str:
     """A fresh Ed25519 private key in OpenSSH form."""
     from cryptography.hazmat.primitives import serialization
@@ -192,27 +220,39 @@ def ssh_private_key() -> str:
 QCOW2_HEADER = b"QFI\xfb\x00\x00\x00\x03" + bytes(56)
 
 
+def stays_the_same(items: list[Any], seconds: float) -> bool:
+    """Whether `items` (appended to by another thread) gains nothing for `seconds`."""
+    before = len(items)
+    time.sleep(seconds)
+    return len(items) == before
+
+
 def wait_for_build(
-    client: httpx.Client, auth: dict[str, str], build_id: int, *, seconds: float = 30
+    client: httpx.Client, auth: dict[str, str], build_id: int, *, seconds: float = WAIT_SECONDS
 ) -> dict[str, Any]:
     """The build once it has finished (its status is no longer queued or running)."""
-    deadline = time.monotonic() + seconds
-    while True:
+
+    def finished() -> dict[str, Any] | None:
         build: dict[str, Any] = client.get(f"/api/v1/builds/{build_id}", headers=auth).json()
-        if build["status"] not in ("queued", "running"):
-            return build
-        assert time.monotonic() < deadline, f"build {build_id} still {build['status']}"
-        time.sleep(0.05)
+        return build if build["status"] not in ("queued", "running") else None
+
+    return wait_until(finished, what=f"build {build_id} to finish", seconds=seconds)
+
+
+def worker_name() -> str:
+    """This test process's name under pytest-xdist (gw0, gw1, ...), or "main"."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def isolated_database(shared_url: str, directory: Path, suffix: str) -> str:
-    """A database for one test module alone, beside the shared one: the suite's shared
-    server runs background loops (workers, deliveries) that would otherwise act on
-    what the module sets up."""
+    """A database for one test module (or one test process) alone, beside the shared
+    one: the suite's shared server runs background loops (workers, deliveries) that
+    would otherwise act on what the module sets up. On PostgreSQL it is a database of
+    its own per xdist worker, so that workers never drop each other's tables."""
     if shared_url.startswith("sqlite"):
         return fresh_database(None, directory)
     url = make_url(shared_url)
-    name = f"{url.database}_{suffix}"
+    name = f"{url.database}_{worker_name()}_{suffix}"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:

@@ -156,7 +156,7 @@ def test_combined_scope_form(client: httpx.Client, alice: Account) -> None:
 
 
 def test_a_token_cannot_grant_what_it_does_not_hold(client: httpx.Client, make_user: Maker) -> None:
-    user = make_user(scopes=["namespace:read"])
+    user = make_user(scopes=["namespace:read", "token:write"])
     response = client.post(
         "/api/v1/tokens", json={"name": "wider", "scopes": ["build:read"]}, headers=user.auth
     )
@@ -206,7 +206,11 @@ def test_a_narrowed_token_sees_only_its_namespace(client: httpx.Client, alice: A
     outside = client.post("/api/v1/namespaces", json={"name": "outside"}, headers=alice.auth).json()
     narrowed = client.post(
         "/api/v1/tokens",
-        json={"name": "narrow", "scopes": ["namespace:read,write"], "namespace_id": inside["id"]},
+        json={
+            "name": "narrow",
+            "scopes": ["namespace:read,write", "token:read,write"],
+            "namespace_id": inside["id"],
+        },
         headers=alice.auth,
     ).json()
     assert narrowed["namespace_id"] == inside["id"]

@@ -20,11 +20,12 @@ from sqlmodel import col
 
 from kiln.store.db import Database, session
 from models import CronJob
-from tests.processes import TOKEN_LINE, KilnBackground, KilnServe, kiln_env
-from tests.support import wait_for_build
+from tests.processes import KilnBackground, KilnServe, kiln_env
+from tests.support import wait_for_build, wait_until
 
 pytestmark = pytest.mark.slow
 
+SCHEDULER_TICK = 0.5  # kiln.background.scheduler idles at most this long between looks
 FAST = {
     "KILN_POLL_INTERVAL": "0.05",
     "KILN_LEASE_SECONDS": "1",
@@ -42,16 +43,7 @@ def submit(client: httpx.Client, auth: dict[str, str], commands: str) -> dict[st
 
 
 def admin(server: KilnServe) -> dict[str, str]:
-    token = next(line for line in server.output.splitlines() if TOKEN_LINE.match(line))
-    return {"Authorization": f"Bearer {token}"}
-
-
-def wait_until(check: Any, seconds: float = 20) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-    return result
+    return {"Authorization": f"Bearer {server.admin_token()}"}
 
 
 def running(client: httpx.Client, auth: dict[str, str], build_id: int) -> bool:
@@ -99,10 +91,10 @@ def test_a_worker_killed_mid_build_loses_it_and_another_fails_it(tmp_path: Path)
     with api_without_workers(tmp_path) as api:
         build = submit(api.client, api.auth, '["sleep 60"]')
         with api.worker() as doomed:
-            wait_until(lambda: running(api.client, api.auth, build["id"]))
+            wait_until(lambda: running(api.client, api.auth, build["id"]), what="the job to run")
             doomed.stop(signal.SIGKILL)
         with api.worker():
-            lost = wait_for_build(api.client, api.auth, build["id"], seconds=20)
+            lost = wait_for_build(api.client, api.auth, build["id"])
         assert lost["status"] == "failed"
         assert lost["reason"] == "worker_lost"
 
@@ -111,7 +103,7 @@ def test_sigterm_lets_the_running_job_finish(tmp_path: Path) -> None:
     with api_without_workers(tmp_path) as api:
         build = submit(api.client, api.auth, '["sleep 2", "echo finished"]')
         with api.worker() as worker:
-            wait_until(lambda: running(api.client, api.auth, build["id"]))
+            wait_until(lambda: running(api.client, api.auth, build["id"]), what="the job to run")
             assert worker.stop(signal.SIGTERM) == 0
         done = api.build(build["id"])
         assert done["status"] == "passed", worker.output
@@ -148,16 +140,29 @@ def test_two_schedulers_fire_a_due_cron_job_once(tmp_path: Path) -> None:
         ).json()
         due = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
         db = Database(f"sqlite:///{data / 'kiln.db'}")
-        with db.transaction():
-            session().exec(update(CronJob).where(col(CronJob.id) == job["id"]).values(next_run=due))
-        db.dispose()
-        with KilnBackground("scheduler", data, env), KilnBackground("scheduler", data, env):
+        verbose = {**env, "KILN_LOG_LEVEL": "info"}
+        with (
+            KilnBackground("scheduler", data, verbose) as one,
+            KilnBackground("scheduler", data, verbose) as two,
+        ):
+            wait_until(
+                lambda: "running scheduler" in one.output and "running scheduler" in two.output,
+                what="both schedulers to run",
+            )
+            with db.transaction():
+                session().exec(
+                    update(CronJob).where(col(CronJob.id) == job["id"]).values(next_run=due)
+                )
+            db.dispose()
             fired = wait_until(
                 lambda: client.get(f"/api/v1/cron/{job['id']}/builds", headers=auth).json()[
                     "_embedded"
-                ]["builds"]
+                ]["builds"],
+                what="the cron job to fire",
             )
-            time.sleep(1)  # room for a second firing, were there to be one
+            # A second firing would come within a tick of the other scheduler (it looks
+            # every 0.5 s at most): give each two ticks.
+            time.sleep(2 * SCHEDULER_TICK)
             builds = client.get(f"/api/v1/cron/{job['id']}/builds", headers=auth).json()
         assert len(builds["_embedded"]["builds"]) == 1
         assert fired[0]["trigger"] == "cron"

@@ -4,14 +4,22 @@ worker with the local driver, and their results read back."""
 from __future__ import annotations
 
 import hashlib
-import time
+import subprocess
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import event
 
-from tests.support import Account, RunningServer, ssh_private_key, unique, wait_for_build
+from tests.support import (
+    Account,
+    RunningServer,
+    ssh_private_key,
+    stays_the_same,
+    unique,
+    wait_for_build,
+    wait_until,
+)
 
 B = "/api/v1/builds"
 
@@ -102,13 +110,10 @@ def test_allowed_failures_pass_with_failures(client: httpx.Client, alice: Accoun
 
 def test_kill_stops_a_running_build(client: httpx.Client, alice: Account) -> None:
     build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
-    deadline = time.monotonic() + 10
-    while "started" not in output(client, alice, build):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: "started" in output(client, alice, build), what="the job's first line")
     killed = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
     assert killed.status_code == 202
-    done = wait_for_build(client, alice.auth, build["id"], seconds=10)
+    done = wait_for_build(client, alice.auth, build["id"])
     assert done["status"] == "killed"
     assert done["_embedded"]["jobs"][0]["status"] == "killed"
     again = client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
@@ -214,23 +219,19 @@ def test_a_follower_that_disconnects_stops_costing_queries(
         with server.client() as client:
             build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
             href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
-            deadline = time.monotonic() + 10
-            while "started\n" not in output(client, alice, build):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_until(lambda: "started\n" in output(client, alice, build), what="output")
             with client.stream("GET", f"{href}?follow=true", headers=alice.auth) as streamed:
                 assert b"started\n" in next(streamed.iter_bytes())
-                time.sleep(0.5)
-                assert polls, "the follower is polling while connected"
-        time.sleep(0.5)  # the connection is closed: the stream ends at its next await
-        polls.clear()
-        time.sleep(0.5)
-        assert polls == []
+                wait_until(lambda: polls, what="the follower to poll while connected")
+        # The connection is closed: the stream ends at its next await, and then no
+        # poll comes for many of the server's poll intervals.
+        quiet = 20 * server.settings.poll_interval
+        wait_until(lambda: stays_the_same(polls, quiet), what="the follower to stop polling")
     finally:
         event.remove(engine, "before_cursor_execute", count)
         with server.client() as client:
             client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
-            wait_for_build(client, alice.auth, build["id"], seconds=10)
+            wait_for_build(client, alice.auth, build["id"])
 
 
 def test_schema_problems_are_400_with_every_pointer(client: httpx.Client, alice: Account) -> None:
@@ -346,3 +347,90 @@ def test_a_cron_jobs_manifest_is_checked_as_a_submission(
         "/api/v1/cron", json={**body, "manifest": "driver: {type: local}\n"}, headers=alice.auth
     )
     assert bad_schema.status_code == 400
+
+
+def test_a_yaml_syntax_error_says_where_and_what_was_expected(
+    client: httpx.Client, alice: Account
+) -> None:
+    response = submit(client, alice, "stages: [test")
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["pointer"] == "/manifest"
+    assert error["detail"] == (
+        "The manifest is not YAML: while parsing a flow sequence at line 1 column 9: "
+        "expected ',' or ']', but got '<stream end>' at line 1 column 14."
+    )
+
+
+def test_the_reason_names_the_job_that_failed_and_its_exit_code(
+    client: httpx.Client, alice: Account
+) -> None:
+    text = manifest(
+        job('["exit 1"]', stage="check", more="  name: lint\n"),
+        job('["true"]', more="  name: fine\n"),
+        job('["exit 3"]', more="  name: unit\n"),
+        job('["exit 4"]', more="  name: other\n"),
+        job('["true"]', stage="make"),
+        stages="[check, test, make]",
+        extra="allow_failures: [check]\n",
+    )
+    failed = run(client, alice, text)
+    assert (failed["status"], failed["reason"]) == ("failed", "job_failed: unit exited with code 3")
+    allowed = run(client, alice, text.replace("exit 3", "true").replace("exit 4", "true"))
+    assert allowed["status"] == "passed_with_failures"
+    assert allowed["reason"] == "job_failed: lint exited with code 1"
+    passed = run(client, alice, manifest(job('["true"]')))
+    assert passed["reason"] is None
+    timed_out = run(client, alice, manifest(job('["sleep 30"]'), extra="timeout: 1s\n"))
+    assert (timed_out["status"], timed_out["reason"]) == ("timed_out", "timed_out")
+
+
+def test_a_workspace_that_cannot_be_prepared_says_why(client: httpx.Client, alice: Account) -> None:
+    missing = f"/nonexistent/{unique('repo')}.git"
+    build = run(client, alice, manifest(job('["true"]'), extra=f"sources: [{missing}]\n"))
+    assert build["status"] == "failed"
+    assert build["reason"].startswith(f"preparation_failed: git clone of {missing[:20]}")
+    assert len(build["reason"]) <= 64
+    first = build["_embedded"]["jobs"][0]
+    assert first["status"] == "failed"
+    assert first["output_size"] == len(output(client, alice, build).encode()) > 0
+
+
+def test_a_kill_that_was_taken_says_so_while_the_build_stops(
+    client: httpx.Client, alice: Account
+) -> None:
+    build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
+    assert build["kill_requested"] is False
+    wait_until(lambda: "started" in output(client, alice, build), what="the job's first line")
+    killed = client.post(f"{B}/{build['id']}/kill", headers=alice.auth).json()
+    assert (killed["status"], killed["kill_requested"]) == ("running", True)
+    done = wait_for_build(client, alice.auth, build["id"])
+    assert (done["status"], done["reason"], done["kill_requested"]) == ("killed", "killed", True)
+
+
+def test_a_running_jobs_output_size_is_kept_current(client: httpx.Client, alice: Account) -> None:
+    build = submit(client, alice, manifest(job('["echo started", "sleep 30"]'))).json()
+    wait_until(lambda: "started" in output(client, alice, build), what="the job's first line")
+
+    def embedded_size() -> int:
+        got = client.get(f"{B}/{build['id']}", headers=alice.auth).json()
+        size: int = got["_embedded"]["jobs"][0]["output_size"]
+        return size
+
+    expected = len(b"$ echo started\nstarted\n$ sleep 30\n")
+    wait_until(lambda: embedded_size() == expected, what="output_size to catch up", seconds=10)
+    listed = client.get(f"{B}/{build['id']}/jobs", headers=alice.auth).json()
+    assert listed["_embedded"]["jobs"][0]["output_size"] == expected
+    client.post(f"{B}/{build['id']}/kill", headers=alice.auth)
+    done = wait_for_build(client, alice.auth, build["id"])
+    assert done["_embedded"]["jobs"][0]["output_size"] == len(output(client, alice, done).encode())
+
+
+def test_a_workspace_a_finished_build_could_not_remove_is_swept(server: RunningServer) -> None:
+    # What a job leaves after making its files immutable, or a worker that crashed
+    # before closing its workspace: the worker sweeps it (every lease_seconds / 3).
+    left = server.settings.data_dir / "workspaces" / "build-999999-leftover"
+    (left / "work").mkdir(parents=True)
+    (left / "work" / "stuck").touch()
+    subprocess.run(["chattr", "+i", str(left / "work" / "stuck")], check=True)
+    wait_until(lambda: not left.exists(), what="the worker to sweep the leftover workspace")

@@ -3,27 +3,71 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import pty
+import select
+import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.processes import TOKEN_LINE, KilnServe, kiln_env, run_kiln
-from tests.support import unique
+from tests.processes import (
+    ADMIN_TOKEN_FILE,
+    REPO,
+    TOKEN_LINE,
+    KilnServe,
+    kiln_command,
+    kiln_env,
+    run_kiln,
+)
+from tests.support import free_port, unique, wait_until
 
 
-def test_first_start_makes_an_admin_and_prints_its_token_once(tmp_path: Path) -> None:
+def test_first_start_makes_an_admin_whose_token_never_reaches_the_logs(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with KilnServe(data_dir) as server:
-        tokens = [line for line in server.output.splitlines() if TOKEN_LINE.match(line)]
-        assert len(tokens) == 1
+        token = server.admin_token()
+        assert TOKEN_LINE.match(token)
+        assert (data_dir / ADMIN_TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+        assert token not in server.output  # what a log collector would keep
+        assert str(data_dir / ADMIN_TOKEN_FILE) in server.output
         with server.client() as client:
-            me = client.get("/api/v1/user", headers={"Authorization": f"Bearer {tokens[0]}"})
+            me = client.get("/api/v1/user", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200
             assert me.json()["username"] == "admin"
         assert (data_dir / "cert.pem").exists()
         assert (data_dir / "kiln.db").exists()
+    (data_dir / ADMIN_TOKEN_FILE).unlink()
     with KilnServe(data_dir) as again:
-        assert not [line for line in again.output.splitlines() if TOKEN_LINE.match(line)]
+        assert not (data_dir / ADMIN_TOKEN_FILE).exists()
+        assert "Created the administrator" not in again.output
+
+
+def test_the_first_admin_token_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    command = kiln_command("serve", "--data-dir", str(data_dir), "--port", str(port))
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=terminal, stdout=terminal, stderr=terminal, env=kiln_env(), cwd=REPO
+    )
+    os.close(terminal)
+    shown = bytearray()
+    try:
+
+        def token_shown() -> bool:
+            if select.select([controller], [], [], 0.1)[0]:
+                with contextlib.suppress(OSError):
+                    shown.extend(os.read(controller, 4096))
+            file = data_dir / ADMIN_TOKEN_FILE
+            return file.exists() and file.read_text().strip() in shown.decode(errors="replace")
+
+        wait_until(token_shown, what="the admin token on the terminal")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        os.close(controller)
 
 
 def test_flags_also_come_from_the_environment(tmp_path: Path) -> None:
@@ -43,8 +87,7 @@ def test_serve_flags_let_webhooks_reach_a_private_http_address(tmp_path: Path) -
         (("--webhooks-allow-private", "--webhooks-allow-http"), 201),
     ):
         with KilnServe(tmp_path / f"data{len(flags)}", *flags) as server:
-            token = next(line for line in server.output.splitlines() if TOKEN_LINE.match(line))
-            auth = {"Authorization": f"Bearer {token}"}
+            auth = {"Authorization": f"Bearer {server.admin_token()}"}
             with server.client() as client:
                 namespace = client.post("/api/v1/namespaces", json={"name": "n"}, headers=auth)
                 created = client.post(
@@ -73,6 +116,8 @@ def test_users_and_tokens_made_offline_work_online(client: httpx.Client, databas
         "namespace:read,write",
         "--scope",
         "build:read",
+        "--scope",
+        "token:read",
         "--expires-in",
         "30d",
         "--database-url",
@@ -83,7 +128,7 @@ def test_users_and_tokens_made_offline_work_online(client: httpx.Client, databas
     assert minted.stdout.count("\n") == 1
     bearer = {"Authorization": f"Bearer {minted.stdout.strip()}"}
     tokens = client.get("/api/v1/tokens", headers=bearer).json()["_embedded"]["tokens"]
-    assert tokens[0]["scopes"] == ["namespace:read", "namespace:write", "build:read"]
+    assert tokens[0]["scopes"] == ["namespace:read", "namespace:write", "build:read", "token:read"]
     assert tokens[0]["expires_at"] is not None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.processes import KilnServe, kiln_env
-from tests.support import Account, query
+from tests.support import Account, RunningServer, query
 
 
 def post(client: httpx.Client, account: Account, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -70,11 +70,17 @@ def test_a_failed_request_frees_its_key(client: httpx.Client, alice: Account) ->
 
 
 def test_keys_hold_across_processes(
-    client: httpx.Client, database_url: str, alice: Account, tmp_path: Path
+    client: httpx.Client,
+    server: RunningServer,
+    database_url: str,
+    alice: Account,
+    tmp_path: Path,
 ) -> None:
     first = post(client, alice, "key-5", {"name": "across"})
     assert first.status_code == 201
-    env = kiln_env(KILN_DATABASE_URL=database_url)
+    # Kept results are encrypted: processes that share a database share its keys.
+    keys = (server.settings.data_dir / "secret.key").read_text().split()
+    env = kiln_env(KILN_DATABASE_URL=database_url, KILN_SECRET_KEY=",".join(keys))
     with KilnServe(tmp_path / "other", env=env) as other, other.client() as other_client:
         again = post(other_client, alice, "key-5", {"name": "across"})
         assert again.status_code == 200

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Account
+from tests.support import Account, wait_until
 
 
 def test_one_structured_line_per_request(
@@ -26,9 +25,7 @@ def test_one_structured_line_per_request(
         ]
 
     # The server's thread logs once the response is sent, which may be just after we read it.
-    deadline = time.monotonic() + 5
-    while not lines() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lines, what="the access log line")
     assert len(lines()) == 1
     line = lines()[0]
     assert line["method"] == "GET"

@@ -6,7 +6,6 @@ import hashlib
 import os
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import QCOW2_HEADER, Account, RunningServer, query, server_settings
+from tests.support import (
+    QCOW2_HEADER,
+    Account,
+    RunningServer,
+    query,
+    server_settings,
+    wait_until,
+)
 
 Maker = Callable[..., Account]
 
@@ -203,10 +209,7 @@ def test_an_interrupted_upload_leaves_nothing(
             + b"Content-Type: application/octet-stream\r\n\r\n"
             + b"z" * 40_000
         )
-    deadline = time.monotonic() + 10
-    while blob_files(small_server) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert blob_files(small_server) == []
+    wait_until(lambda: not blob_files(small_server), what="the partial upload to be removed")
     assert query(database_url, "SELECT count(*) FROM objects WHERE name = 'cut'")[0][0] == 0
 
 

@@ -175,3 +175,14 @@ def test_details_that_quote_the_request_stay_within_the_contract(
     error = assert_problem(response, 400, "validation_failed")["errors"][0]
     assert len(error["parameter"]) == 100
     assert len(error["detail"]) <= 1000
+
+
+def test_a_problem_page_answers_to_hyphens_for_underscores(client: httpx.Client) -> None:
+    response = client.get("/problems/not-found")
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert page["code"] == "not_found"
+    assert page["_links"]["self"]["href"] == "/problems/not_found"
+    assert client.get("/problems/https-required").json()["code"] == "https_required"
+    missing = assert_problem(client.get("/problems/no-such-thing"), 404, "not_found")
+    assert missing["detail"] == "No problem type no-such-thing."

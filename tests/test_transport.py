@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,3 +116,27 @@ def test_merge_patch_media_type(client: httpx.Client, make_user: Callable[..., A
     assert response.status_code == 200, response.text
     assert response.json()["description"] == ""
     assert response.json()["name"] == "mp"
+
+
+def test_plain_http_to_the_tls_port_is_refused_then_closed(server: RunningServer) -> None:
+    port = server.settings.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := plain.recv(65536):  # the server closes the connection
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    assert status_line.startswith("HTTP/1.1 403")
+    headers = {name.lower(): value for name, value in (h.split(": ", 1) for h in header_lines)}
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["code"] == "https_required"
+    assert problem["instance"] == "/healthz"
+    assert problem["request_id"] == headers["x-request-id"]
+    # TLS on the same port is served as before, keep-alive and all.
+    with server.client() as client:
+        first, second = client.get("/healthz"), client.get("/healthz")
+        assert first.status_code == second.status_code == 200
+        assert first.extensions["network_stream"] is second.extensions["network_stream"]

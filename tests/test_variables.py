@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import POSTGRES_URL
-from tests.support import Account, RunningServer, query
+from tests.support import Account, RunningServer, bytes_of_a_live_database_file, query
 
 Maker = Callable[..., Account]
 V = "/api/v1/variables"
@@ -40,7 +40,7 @@ def test_the_database_holds_no_plaintext_of_a_masked_value(
         path = Path(database_url.removeprefix("sqlite:///"))
         for file in (path, path.with_name(path.name + "-wal")):
             if file.exists():
-                assert secret.encode() not in file.read_bytes()
+                assert secret.encode() not in bytes_of_a_live_database_file(file)
 
 
 def test_keys_are_unique_per_owner_or_namespace(client: httpx.Client, alice: Account) -> None:

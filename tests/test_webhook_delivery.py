@@ -8,7 +8,6 @@ import hmac
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tests.support import (
     make_account,
     run,
     server_settings,
+    wait_until,
 )
 
 T = TypeVar("T")
@@ -126,18 +126,6 @@ def at_least(receiver: Receiver, count: int) -> list[Received] | None:
     return got if len(got) >= count else None
 
 
-def eventually(check: Callable[[], T | None], what: str) -> T:
-    """Poll `check` until it returns something truthy, for up to DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def own_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return isolated_database(database_url, tmp_path_factory.mktemp("deliveries-db"), "deliveries")
@@ -225,7 +213,7 @@ def finished(kiln: httpx.Client, owner: Account, delivery: dict[str, Any]) -> di
         ).json()
         return body if body["status"] != "pending" else None
 
-    return eventually(check, f"delivery {delivery['id']} to finish")
+    return wait_until(check, what=f"delivery {delivery['id']} to finish")
 
 
 def test_a_ping_arrives_signed_and_its_attempt_is_recorded(
@@ -239,7 +227,7 @@ def test_a_ping_arrives_signed_and_its_attempt_is_recorded(
     hook = webhook(target.url, ["invite.sent"], secret="a shared secret")
     queued = ping(kiln, owner, hook)
 
-    [request] = eventually(target.requests, "the ping")
+    [request] = wait_until(target.requests, what="the ping")
     assert request.path == "/hook"
     assert request.verified is True
     assert request.headers["content-type"] == "application/json"
@@ -286,7 +274,7 @@ def test_invites_and_namespace_changes_are_delivered(
     )
     assert replaced.status_code == 200, replaced.text
 
-    got = eventually(lambda: at_least(target, 4), "four events")
+    got = wait_until(lambda: at_least(target, 4), what="four events")
     assert all(r.verified for r in got)
     by_event: dict[str, list[dict[str, Any]]] = {}
     for r in got:
@@ -448,7 +436,7 @@ def test_a_builds_events_are_delivered(
     tagged = kiln.post(f"/api/v1/builds/{build_id}/tags", json={"name": "x"}, headers=owner.auth)
     assert tagged.status_code == 201, tagged.text
 
-    got = eventually(lambda: at_least(target, 4), "four build events")
+    got = wait_until(lambda: at_least(target, 4), what="four build events")
     assert all(r.verified for r in got)
     by_event = {r.payload["event"]: r.payload["data"] for r in got}
     assert set(by_event) == set(events_)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -86,9 +87,7 @@ async def run(background: Background) -> None:
         background.nudge("deliveries")  # a slot is free: look at the queue again
 
     async with (
-        httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
-        ) as client,
+        new_client(settings) as client,
         asyncio.TaskGroup() as tasks,
     ):
         while not background.stopping.is_set():
@@ -101,6 +100,27 @@ async def run(background: Background) -> None:
             # After a full batch more may be due: look again at once.
             if free == 0 or len(claimed) < free:
                 await background.idle("deliveries", settings.poll_interval)
+
+
+def new_client(settings: Settings) -> httpx.AsyncClient:
+    """The client every delivery is sent with.
+
+    Requests go to the address the target check approved (see `attempt`), so the pool
+    is keyed by that address: a kept-alive connection, verified for one name, could
+    carry the next request for another name at the same address. None is kept.
+    """
+    return httpx.AsyncClient(
+        timeout=settings.webhook_timeout_seconds,
+        follow_redirects=False,
+        trust_env=False,
+        verify=tls_context(),
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
+
+
+def tls_context() -> ssl.SSLContext:
+    """How receivers' certificates are verified (httpx's default: certifi's roots)."""
+    return httpx.create_ssl_context(trust_env=False)
 
 
 def claim(db: Database, limit: int, lease_seconds: float) -> list[int]:
@@ -200,7 +220,7 @@ async def attempt(client: httpx.AsyncClient, settings: Settings, message: Messag
 
     try:
         # Again before every attempt: the name may resolve elsewhere since it was saved.
-        await webhook_targets.check(
+        target = await webhook_targets.check(
             message.url,
             allow_private=settings.webhooks_allow_private,
             allow_http=settings.webhooks_allow_http,
@@ -209,13 +229,8 @@ async def attempt(client: httpx.AsyncClient, settings: Settings, message: Messag
         return outcome(error=str(exc))
     try:
         # httpx's timeout bounds each read; this bounds the whole exchange.
-        async with (
-            asyncio.timeout(settings.webhook_timeout_seconds),
-            client.stream(
-                "POST", message.url, content=message.body, headers=headers(message)
-            ) as response,
-        ):
-            code = response.status_code  # the body is never read
+        async with asyncio.timeout(settings.webhook_timeout_seconds):
+            code = await post(client, target, message)
     except TimeoutError:
         return outcome(error=f"No answer in {settings.webhook_timeout_seconds:g} s.", retry=True)
     except httpx.TransportError as exc:
@@ -223,6 +238,34 @@ async def attempt(client: httpx.AsyncClient, settings: Settings, message: Messag
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return outcome(error=str(exc) or type(exc).__name__)
     return outcome(code=code, retry=code >= 500)
+
+
+async def post(client: httpx.AsyncClient, target: webhook_targets.Target, message: Message) -> int:
+    """POST the message to the first of the target's checked addresses that takes a
+    connection, and the status it answers (its body is never read).
+
+    httpx would resolve the name again, and a name can answer differently each time
+    (DNS rebinding): so the request goes to a checked address, with the name in `Host`
+    and in TLS (SNI, and the certificate verified against it)."""
+    url = httpx.URL(message.url)
+    refused: httpx.ConnectError | None = None
+    for address in target.addresses:
+        request = client.build_request(
+            "POST",
+            url.copy_with(host=str(address)),
+            content=message.body,
+            headers={**headers(message), "Host": url.netloc.decode("ascii")},
+            extensions={"sni_hostname": url.raw_host.decode("ascii")},
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.ConnectError as exc:  # nothing was sent: the next address may answer
+            refused = exc
+            continue
+        await response.aclose()
+        return response.status_code
+    assert refused is not None  # a target has at least one address
+    raise refused
 
 
 def headers(message: Message) -> dict[str, str]:

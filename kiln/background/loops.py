@@ -82,6 +82,7 @@ async def run_until_signalled(settings: Settings, loops: list[tuple[str, Loop]])
     event_loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(signum, signalled.set)
+    log.info("running %s", ", ".join(name for name, _ in loops))
     await signalled.wait()
     log.info("stopping; running jobs have %s s to finish", settings.grace_seconds)
     await running.stop(settings.grace_seconds)

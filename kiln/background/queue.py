@@ -64,6 +64,17 @@ def renew(db: Database, build_id: int, worker: str, lease_seconds: float) -> boo
     return None if row is None else bool(row[0])
 
 
+def still_running(db: Database, build_ids: set[int]) -> set[int]:
+    """Of `build_ids`, those of builds that are running (on any worker)."""
+    if not build_ids:
+        return set()
+    with db.transaction(write=False) as s:
+        running = s.exec(
+            select(Build.id).where(col(Build.id).in_(build_ids), Build.status == "running")
+        ).all()
+    return {build_id for build_id in running if build_id is not None}
+
+
 def reap(db: Database) -> list[int]:
     """Builds whose worker's lease ran out: failed `worker_lost` if a job had started,
     else queued again. Returns their ids."""

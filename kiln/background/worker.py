@@ -20,13 +20,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
 from kiln.background import queue
 from kiln.background.loops import Background
 from kiln.domain import events, manifest
 from kiln.domain.build_views import build_view
-from kiln.domain.builds import finish_unstarted
+from kiln.domain.builds import because, finish_unstarted, job_failed
 from kiln.domain.masking import OutputLog
 from kiln.drivers import registry
 from kiln.drivers.base import (
@@ -37,6 +37,7 @@ from kiln.drivers.base import (
     KeySpec,
     PlacedFile,
     PreparationFailed,
+    PreparationStopped,
     SourceSpec,
     Stop,
     Workspace,
@@ -60,6 +61,7 @@ async def run(background: Background) -> None:
         if time.monotonic() - reaped_at > settings.lease_seconds / 3:
             for build_id in await services.db.run(lambda: queue.reap(services.db)):
                 log.warning("build %s lost its worker", build_id)
+            await sweep_workspaces(services)
             reaped_at = time.monotonic()
         claimed = await services.db.run(
             lambda: queue.claim(services.db, name, settings.lease_seconds)
@@ -97,6 +99,9 @@ class Run:
         self.worker = worker
         self.stop = Stop(killed=asyncio.Event(), deadline=0.0)
         self.stopped_by_worker = False
+        # The job running now and its output, whose size the heartbeat keeps current.
+        self.running: tuple[Job, OutputLog] | None = None
+        self.recorded_size = 0
 
     async def execute(self) -> None:
         loaded = await self.services.db.run(self._load)
@@ -163,35 +168,48 @@ class Run:
         except PreparationFailed as exc:
             await first.write(f"kiln: {exc}\n".encode())
             await first.close()
-            await self.services.db.run(lambda: self._job_done(loaded.jobs[0], "failed", None, 0))
-            return "failed", "preparation_failed"
+            status, reason = self._prepared_not(exc)
+            size = first.path.stat().st_size
+            await self.services.db.run(lambda: self._job_done(loaded.jobs[0], status, None, size))
+            return status, reason
         try:
             return await self._stages(loaded, workspace, first)
         finally:
             await workspace.close()
 
+    def _prepared_not(self, exc: PreparationFailed) -> tuple[str, str]:
+        """The status and reason of a build whose workspace could not be prepared."""
+        if not isinstance(exc, PreparationStopped):
+            return "failed", because("preparation_failed", str(exc))
+        if self.stopped_by_worker:
+            return "failed", "worker_stopped"
+        return exc.status, exc.status
+
     async def _stages(
         self, loaded: Loaded, workspace: Workspace, first: OutputLog
     ) -> tuple[str, str | None]:
+        """The build's status and reason; the reason names the first failed job of the
+        stage that failed it (or, for `passed_with_failures`, the first allowed one)."""
         allowed = set(loaded.parsed.allow_failures)
-        outcome = "passed"
+        outcome: tuple[str, str | None] = ("passed", None)
         for n, stage in enumerate(loaded.parsed.stages):
             if n and self.background.stopping.is_set():
                 return "failed", "worker_stopped"
-            stage_failed = False
+            failure: str | None = None
             for job in (j for j in loaded.jobs if j.stage == stage):
                 sink = first if job is loaded.jobs[0] else self._log(job, loaded.plan)
                 result = await self._job(job, workspace, sink)
                 if result.status in ("killed", "timed_out"):
                     if self.stopped_by_worker:
                         return "failed", "worker_stopped"
-                    return result.status, None
-                stage_failed = stage_failed or result.status == "failed"
-            if stage_failed and stage not in allowed:
-                return "failed", None
-            if stage_failed:
-                outcome = "passed_with_failures"
-        return outcome, None
+                    return result.status, result.status
+                if result.status == "failed" and failure is None:
+                    failure = _job_failure(job.name, result)
+            if failure is not None and stage not in allowed:
+                return "failed", failure
+            if failure is not None and outcome[1] is None:
+                outcome = ("passed_with_failures", failure)
+        return outcome
 
     async def _job(self, job: Job, workspace: Workspace, sink: OutputLog) -> JobResult:
         await self.services.db.run(lambda: self._job_started(job))
@@ -200,7 +218,11 @@ class Run:
             commands=json.loads(job.commands),
             artifacts=[ArtifactSpec(a["path"], a["name"]) for a in json.loads(job.artifacts)],
         )
-        result = await workspace.run_job(spec, sink, self.stop)
+        self.running, self.recorded_size = (job, sink), 0
+        try:
+            result = await workspace.run_job(spec, sink, self.stop)
+        finally:
+            self.running = None
         for artifact in spec.artifacts:
             await self._collect(job, workspace, artifact, sink)
         await sink.close()
@@ -275,6 +297,7 @@ class Run:
             )
             if killed or killed is None:  # killed, or the lease was lost to a reaper
                 self.stop.killed.set()
+            await self._record_output_size()
             if self.background.stopping.is_set() and stop_by is None:
                 stop_by = time.monotonic() + max(
                     0.0, settings.grace_seconds - settings.kill_grace_seconds - 1
@@ -285,6 +308,36 @@ class Run:
             await self.background.idle(
                 f"kill-{self.build_id}", min(settings.lease_seconds / 3, 0.5)
             )
+
+    async def _record_output_size(self) -> None:
+        """Bring the running job's `output_size` up to what its output file holds."""
+        if self.running is None:
+            return
+        job, sink = self.running
+        try:
+            size = sink.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == self.recorded_size:
+            return
+        db = self.services.db
+
+        def record() -> None:
+            with db.transaction() as s:
+                # Only while it runs: once it is done, `_job_done` has the last word.
+                s.exec(
+                    update(Job)
+                    .where(col(Job.id) == job.id, col(Job.status) == "running")
+                    .values(output_size=size)
+                )
+
+        try:
+            await db.run(record)
+        except Exception:
+            # The next beat tries again; a heartbeat that died would lose the build's lease.
+            log.warning("could not record job %s's output size", job.id, exc_info=True)
+            return
+        self.recorded_size = size
 
     # -- recording ------------------------------------------------------------
 
@@ -304,9 +357,19 @@ class Run:
     def _finish(self, status: str, reason: str | None) -> None:
         with self.services.db.transaction() as s:
             build = s.exec(select(Build).where(Build.id == self.build_id)).one()
+            if build.status != "running" or build.worker != self.worker:
+                return  # a reaper settled it (`worker_lost`), or queued it again
             finish_unstarted(build, status, reason)
             build.worker = None
             events.emit(build.namespace_id, "build.finished", build_view(build))
+
+
+def _job_failure(name: str, result: JobResult) -> str:
+    """The reason a failed job gives its build: how it exited, or which command of it
+    could not be started (its output says more)."""
+    if result.not_started is None:
+        return job_failed(name, result.exit_code)
+    return because("command_not_started", f"{name}: {result.not_started}")
 
 
 def _settle_after_error(services: Services, build_id: int) -> None:
@@ -314,6 +377,24 @@ def _settle_after_error(services: Services, build_id: int) -> None:
         build = s.exec(select(Build).where(Build.id == build_id)).one_or_none()
         if build is not None and build.status == "running":
             finish_unstarted(build, "failed", "worker_error")
+
+
+async def sweep_workspaces(services: Services) -> None:
+    """Remove what finished builds left behind on this machine, in every driver enabled."""
+    settings = services.settings
+
+    async def running(build_ids: set[int]) -> set[int]:
+        return await services.db.run(lambda: queue.still_running(services.db, build_ids))
+
+    for name in sorted(settings.enabled_drivers):
+        try:
+            driver = registry.get(
+                name, root=workspace_root(services), kill_grace=settings.kill_grace_seconds
+            )
+        except (LookupError, NotImplementedError):
+            continue
+        for left in await driver.sweep(running):
+            log.warning("could not remove %s, left by a finished build; retrying later", left)
 
 
 def workspace_root(services: Services) -> Path:

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     webhooks_allow_private: bool = False
     webhooks_allow_http: bool = False
 
+    # A client's request line and headers, and its pace: one slower than these timeouts
+    # is disconnected, so that idle connections cannot pile up.
+    max_header_size: int = Field(default=64 * 1024, ge=1024)  # in bytes, all headers together
+    header_timeout: float = Field(default=30.0, gt=0)  # seconds for a request line and headers
+    body_timeout: float = Field(default=30.0, gt=0)  # seconds for each next KiB of a body
     max_json_body: int = 1024 * 1024
     max_object_size: int = 1024**3
     max_image_size: int = 10 * 1024**3

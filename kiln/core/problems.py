@@ -75,6 +75,8 @@ _TYPES = [
      "This `Idempotency-Key` was used with a different request."),
     ("rate_limited", 429, "Rate limited",
      "Too many requests for this credential; wait `Retry-After` seconds."),
+    ("headers_too_large", 431, "Request headers too large",
+     "The request line and headers are over the server's limit; the connection is closed."),
     ("internal_error", 500, "Internal error",
      "A bug in Kiln. The `request_id` finds it in the logs."),
     ("not_implemented", 501, "Not implemented", "This server does not provide the feature."),

@@ -155,6 +155,12 @@ def find_writable(principal: Principal, namespace_id: int) -> tuple[Namespace, s
     return namespace, owner, role
 
 
+def require_owner(role: Role, namespace_id: int | None, act: str) -> None:
+    """403 unless the caller owns the namespace; `act` is what only the owner may do."""
+    if role is not Role.owner:
+        raise Problem("permission_denied", f"Only the owner of namespace {namespace_id} may {act}.")
+
+
 def find_for_writing_into(principal: Principal, namespace_id: int) -> Namespace:
     """A namespace a request body names as where to create something:
     404 if the caller cannot see it, 422 if it cannot write into it."""

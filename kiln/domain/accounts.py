@@ -49,8 +49,15 @@ def issue_token(
     scopes: Iterable[str],
     namespace_id: int | None = None,
     expires_at: dt.datetime | None = None,
+    parent: Token | None = None,
 ) -> tuple[Token, str]:
-    """A new token and its secret, which is not stored and cannot be shown again."""
+    """A new token and its secret, which is not stored and cannot be shown again.
+
+    A token minted with another (`parent`) never outlives it: it expires by then at the
+    latest, whatever was asked.
+    """
+    if parent is not None and parent.expires_at is not None:
+        expires_at = min(expires_at or parent.expires_at, parent.expires_at)
     secret, digest = new_token()
     token = Token(
         user_id=user_id,

@@ -55,6 +55,7 @@ def represent_build(
         "number": build.number,
         "status": build.status,
         "reason": build.reason,
+        "kill_requested": build.kill_requested,
         "manifest": build.manifest,
         "comment": build.comment,
         "tags": tags,

@@ -40,6 +40,7 @@ from models import (
 
 IMPLEMENTED_DRIVERS = {"local"}
 TERMINAL = ("passed", "passed_with_failures", "failed", "killed", "timed_out")
+REASON_LENGTH = 64  # of the builds.reason column, and in the contract
 
 T = TypeVar("T", bound=Owned)
 
@@ -285,6 +286,22 @@ def next_number(owner: str) -> int:
     """The owner's next build number; the upsert's row lock orders concurrent submits."""
     number: int = session().execute(_NEXT_NUMBER, {"owner": owner}).scalar_one()
     return number
+
+
+def because(code: str, detail: str | None = None) -> str:
+    """Why a build ended as it did: a stable code, then for people `: detail`, cut to
+    fit the column."""
+    if not detail:
+        return code
+    said = f"{code}: {' '.join(detail.split())}"
+    return said if len(said) <= REASON_LENGTH else said[: REASON_LENGTH - 3] + "..."
+
+
+def job_failed(name: str, exit_code: int | None) -> str:
+    """`job_failed: unit exited with code 3`."""
+    if exit_code is None:
+        return because("job_failed", f"{name} failed")
+    return because("job_failed", f"{name} exited with code {exit_code}")
 
 
 def finish_unstarted(build: Build, status: str, reason: str | None = None) -> None:

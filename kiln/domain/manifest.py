@@ -10,21 +10,33 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticError
+from pydantic_core import PydanticCustomError
 
 from kiln.core.problems import FieldError, validation_failed
 
 MAX_BYTES = 64 * 1024
+MAX_DEPTH = 32  # collections in collections; a real manifest needs 4
 DRIVER_TYPES = ("local", "docker", "qemu", "ssh")
 NEEDS_IMAGE = ("docker", "qemu")
 ARROW = "=>"
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+def _no_nul(text: str) -> str:
+    # YAML's "\0" escape makes a NUL, which would end a command early (`echo a\0b` runs
+    # `echo a`) and which PostgreSQL cannot store: refused as in any string of a request.
+    if "\x00" in text:
+        raise PydanticCustomError("string_nul", "String should not contain NUL (U+0000)")
+    return text
+
+
+NoNul = AfterValidator(_no_nul)
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1000), NoNul]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")]
-Command = Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+Command = Annotated[str, StringConstraints(min_length=1, max_length=10_000), NoNul]
 EnvEntry = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}=", max_length=10_000)
+    str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}=", max_length=10_000), NoNul
 ]
 Duration = Annotated[str, StringConstraints(pattern=r"^(\d+[dhms])+$", max_length=32)]
 NamespacePath = Annotated[
@@ -38,7 +50,7 @@ class _Strict(BaseModel):
 
 class DriverSpec(_Strict):
     type: Literal["local", "docker", "qemu", "ssh"]
-    image: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    image: Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul] | None = None
 
 
 class JobSpec(_Strict):
@@ -137,12 +149,47 @@ def seconds(duration: str) -> int:
     return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", duration))
 
 
+class _TooDeep(yaml.MarkedYAMLError):
+    pass
+
+
 class _NoAliasLoader(yaml.SafeLoader):
+    def fetch_more_tokens(self) -> None:
+        super().fetch_more_tokens()
+        # Counted as the scanner goes, before anything recursive (the composer) sees the
+        # document and before the scanner's look-ahead, which slows with each level, runs
+        # far: `[[[[...` is refused after MAX_DEPTH brackets, whatever follows them.
+        if self.flow_level + len(self.indents) > MAX_DEPTH:
+            raise _TooDeep(problem_mark=self.get_mark())
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.YAMLError(f"aliases are not allowed (line {event.start_mark.line + 1})")
+            raise yaml.MarkedYAMLError(
+                problem="aliases are not allowed", problem_mark=event.start_mark
+            )
         return super().compose_node(parent, index)
+
+
+def _at(mark: Any) -> str:
+    return "" if mark is None else f" at line {mark.line + 1} column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's whole message on one line, each place as `at line L column C` (1-based),
+    without the quoted source lines it would print under them."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)
+    parts = []
+    if exc.context is not None:
+        # PyYAML too names the place once when context and problem are at the same one.
+        where = _at(exc.context_mark)
+        parts.append(exc.context + ("" if where == _at(exc.problem_mark) else where))
+    if exc.problem is not None:
+        parts.append(exc.problem + _at(exc.problem_mark))
+    if exc.note is not None:
+        parts.append(exc.note)
+    return ": ".join(parts)
 
 
 def load(text: str, pointer: str = "/manifest") -> dict[str, Any]:
@@ -155,8 +202,11 @@ def load(text: str, pointer: str = "/manifest") -> dict[str, Any]:
         raise refuse(f"The manifest is over {MAX_BYTES} bytes.")
     try:
         document = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _TooDeep as exc:
+        detail = f"The manifest nests collections over {MAX_DEPTH} deep{_at(exc.problem_mark)}."
+        raise refuse(detail) from None
     except yaml.YAMLError as exc:
-        raise refuse(f"The manifest is not YAML: {str(exc).splitlines()[0]}") from None
+        raise refuse(f"The manifest is not YAML: {_yaml_problem(exc)}.") from None
     if not isinstance(document, dict):
         raise refuse("The manifest must be a YAML mapping.")
     return document
@@ -223,6 +273,7 @@ _CODES = {
     "extra_forbidden": "unknown_field",
     "literal_error": "enum",
     "string_pattern_mismatch": "pattern",
+    "string_nul": "pattern",
     "string_too_long": "too_long",
     "string_too_short": "too_short",
     "too_long": "too_many_items",

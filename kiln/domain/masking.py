@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from kiln.store import files
+
 MASK = b"xxxxxx"
 
 
@@ -59,11 +61,11 @@ class OutputLog:
     """A job's output, masked and appended to a file as it is produced."""
 
     def __init__(self, path: Path, masked: Iterable[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        files.private_directory(path.parent)
         self.path = path
         self.bytes_written = 0
         self._masker = Masker(masked)
-        self._file: BinaryIO | None = path.open("ab")
+        self._file: BinaryIO | None = files.append(path)
 
     async def write(self, data: bytes) -> None:
         self._append(self._masker.feed(data))

@@ -58,6 +58,19 @@ def create(
     return namespace, owner
 
 
+# Where a namespace sits and who may see it are its owner's to change (its parent too,
+# which nothing changes after creation); collaborators manage what is inside it.
+OWNER_ONLY = ("name", "visibility")
+
+
+def require_may_change(namespace: Namespace, changes: dict[str, Any], role: access.Role) -> None:
+    """403 for a collaborator whose changes touch what only the owner changes; the same
+    values sent back (a PUT that keeps them) are no change."""
+    altered = [f for f in OWNER_ONLY if f in changes and changes[f] != getattr(namespace, f)]
+    if altered:
+        access.require_owner(role, namespace.id, f"change its {' or '.join(altered)}")
+
+
 def change(namespace: Namespace, changes: dict[str, Any]) -> None:
     """Apply name, description and visibility, each checked against the tree."""
     if "visibility" in changes:

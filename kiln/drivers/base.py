@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -74,6 +75,7 @@ StopStatus = Literal["killed", "timed_out"]
 class JobResult:
     status: JobStatus
     exit_code: int | None  # of the last command run; None when killed/timed out before it exited
+    not_started: str | None = None  # why a command could not be started, when one could not
 
 
 @dataclass
@@ -95,8 +97,20 @@ class Workspace(Protocol):
         ...
 
 
+# Of the build ids given, those still running.
+RunningFilter = Callable[[set[int]], Awaitable[set[int]]]
+
+
 class Driver(Protocol):
     async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> Workspace: ...
+
+    async def sweep(self, still_running: RunningFilter) -> list[str]:
+        """Remove what finished builds left behind (a workspace whose removal failed, or
+        that a crashed worker never closed); what still could not be removed.
+
+        `still_running` is asked after the leftovers are found, so a build that starts
+        meanwhile is never swept."""
+        ...
 
 
 class PreparationFailed(Exception):

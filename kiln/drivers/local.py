@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import pwd
 import re
 import shlex
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,16 +37,20 @@ from kiln.drivers.base import (
     PlacedFile,
     PreparationFailed,
     PreparationStopped,
+    RunningFilter,
     SourceSpec,
     Stop,
     StopStatus,
     niceness_increment,
 )
 
+log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
+WORKSPACE_NAME = re.compile(r"build-(\d+)-\w+")  # as prepare() names them
 # After a command's process group is killed, how long its remaining output may take.
 DRAIN_TIMEOUT = 2.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SHELL = "/bin/sh"
 
 
 def stop_reason(stop: Stop) -> StopStatus | None:
@@ -68,6 +75,27 @@ class LocalDriver:
         self.root = root
         self.kill_grace = kill_grace
         self.nice = nice
+
+    async def sweep(self, still_running: RunningFilter) -> list[str]:
+        found = await asyncio.to_thread(self._workspaces)
+        running = await still_running(set(found.values()))
+        left = []
+        for path, build_id in found.items():
+            if build_id not in running and not await asyncio.to_thread(remove_tree, path):
+                left.append(str(path))
+        return left
+
+    def _workspaces(self) -> dict[Path, int]:
+        """Every workspace under the root, with its build's id."""
+        try:
+            entries = list(self.root.iterdir())
+        except FileNotFoundError:
+            return {}
+        return {
+            path: int(match.group(1))
+            for path in entries
+            if (match := WORKSPACE_NAME.fullmatch(path.name)) is not None
+        }
 
     async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> LocalWorkspace:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +139,12 @@ class LocalWorkspace:
             if (reason := stop_reason(stop)) is not None:
                 return JobResult(reason, None)
             await output.write(f"$ {command}\n".encode())
-            result = await self._run(["/bin/sh", "-c", command], env, output, stop)
+            try:
+                result = await self._run([SHELL, "-c", command], env, output, stop)
+            except NotStarted as exc:
+                said = f"cannot run {SHELL}: {exc}"
+                await output.write(f"kiln: {said}\n".encode())
+                return JobResult("failed", None, said)
             if result.stopped is not None:
                 return JobResult(result.stopped, None)
             code = result.code or 0
@@ -130,7 +163,8 @@ class LocalWorkspace:
         return path
 
     async def close(self) -> None:
-        await asyncio.to_thread(remove_tree, self.path)
+        if not await asyncio.to_thread(remove_tree, self.path):
+            log.warning("workspace %s could not be removed; the next sweep retries", self.path)
 
     async def _clone(self, source: SourceSpec, output: Output, stop: Stop) -> None:
         directory = clone_directory(source)
@@ -151,7 +185,10 @@ class LocalWorkspace:
         self, argv: list[str], env: dict[str, str], output: Output, stop: Stop, what: str
     ) -> None:
         check_stop(stop, what)
-        result = await self._run(argv, env, output, stop)
+        try:
+            result = await self._run(argv, env, output, stop)
+        except NotStarted as exc:
+            raise PreparationFailed(f"{what} failed: cannot run {argv[0]}: {exc}") from None
         if result.stopped is not None:
             raise stopped_during(result.stopped, what)
         if result.code != 0:
@@ -274,12 +311,30 @@ def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
     return PreparationStopped(reason, f"build {verb} during {what}")
 
 
-def remove_tree(path: Path) -> None:
+def remove_tree(path: Path) -> bool:
+    """Remove `path` and everything in it; whether it is gone."""
     shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
-        # A command made directories read-only (or unreadable); undo that and retry.
+        # A command made files immutable or append-only (chattr), or directories
+        # read-only or unreadable: undo that and retry.
+        clear_file_attributes(path)
         make_directories_writable(path)
         shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
+
+def clear_file_attributes(top: Path) -> None:
+    """Clear the immutable and append-only attributes below `top` (chattr -R skips
+    symbolic links, so nothing outside the tree is touched)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["chattr", "-R", "-f", "-i", "-a", "--", str(top)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
 
 
 def make_directories_writable(top: Path) -> None:
@@ -302,7 +357,24 @@ def at_niceness(argv: list[str], nice: int) -> list[str]:
     """`argv` run at niceness `nice` at least (through nice(1), so that the process and
     everything it starts has it from its first instruction)."""
     increment = niceness_increment(nice)
-    return ["nice", "-n", str(increment), *argv] if increment else argv
+    return [nice_program(), "-n", str(increment), *argv] if increment else argv
+
+
+@functools.cache
+def nice_program() -> str:
+    """nice(1) as found on the worker's PATH: a bare `nice` would be looked up on the
+    job's PATH, which the manifest sets (`PATH=/nonexistent` must not stop Kiln)."""
+    return shutil.which("nice") or "nice"
+
+
+class NotStarted(Exception):
+    """A process could not be started (its program or working directory missing, the
+    machine out of processes or file descriptors); the message says why."""
+
+
+def not_started(error: OSError) -> NotStarted:
+    said = error.strerror or str(error)
+    return NotStarted(f"{said}: {error.filename}" if error.filename else said)
 
 
 async def run_process(
@@ -315,10 +387,14 @@ async def run_process(
     kill_grace: float,
 ) -> Exit:
     """Runs `argv` in its own process group, streaming its output until it exits or
-    `stop` says it must be stopped; leaves nothing of its process group behind."""
+    `stop` says it must be stopped; leaves nothing of its process group behind. Raises
+    NotStarted if it cannot be started."""
     if (reason := stop_reason(stop)) is not None:
         return Exit(None, reason)
-    read_fd, write_fd = os.pipe()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError as error:
+        raise not_started(error) from error
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -329,13 +405,15 @@ async def run_process(
             stderr=write_fd,
             start_new_session=True,
         )
+    except OSError as error:
+        os.close(read_fd)
+        raise not_started(error) from error
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
-    reader, transport = await open_reader(read_fd)
-    pump = asyncio.create_task(copy_output(reader, output))
+    pump = asyncio.create_task(copy_output(read_fd, output))
     try:
         reason = await wait_for_exit(process, stop)
         if reason is not None:
@@ -344,29 +422,44 @@ async def run_process(
         kill_group(process.pid)  # whatever the command left running in the background
         returncode = await process.wait()
         await drain(pump)
-        transport.close()
+        os.close(read_fd)
     if reason is not None:
         return Exit(None, reason)
     return Exit(shell_code(returncode))
 
 
-async def open_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=CHUNK)
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    try:
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-    except BaseException:
-        pipe.close()
-        raise
-    return reader, transport
+async def copy_output(fd: int, output: Output) -> None:
+    """Copy what comes out of the pipe `fd` until its end; the caller closes `fd`.
 
-
-async def copy_output(reader: asyncio.StreamReader, output: Output) -> None:
-    while chunk := await reader.read(CHUNK):
+    Read here rather than through `loop.connect_read_pipe`: uvloop's pipe transport
+    closes the descriptor twice (libuv, then the file object), and in between another
+    thread (SQLite, a file being written) may have been given the same number."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK)
+        except BlockingIOError:
+            await readable(fd)
+            continue
+        if not chunk:
+            return
         await output.write(chunk)
+
+
+async def readable(fd: int) -> None:
+    """Return once `fd` has something to read (or has reached its end)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 async def wait_for_exit(process: asyncio.subprocess.Process, stop: Stop) -> StopStatus | None:

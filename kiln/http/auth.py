@@ -4,6 +4,11 @@ Bearer tokens and Basic credentials (password or token) both carry scopes, so on
 connexion security handler (registered for the `oauth2` scheme) authenticates
 either and checks the operation's scope. The `basic` scheme in the spec documents
 that Basic is accepted; its own handler defers to the `oauth2` one.
+
+Before that, each operation judges the credentials a request brought (once; the
+handler reads the verdict) and counts the request against the rate limit of whom it
+serves: the credential when valid ones came to an operation that takes them, the
+address otherwise.
 """
 
 from __future__ import annotations
@@ -17,16 +22,17 @@ from typing import Any
 import anyio
 import sqlalchemy
 from connexion.lifecycle import ConnexionRequest
-from connexion.middleware.security import SecurityAPI, SecurityMiddleware
+from connexion.middleware.security import SecurityAPI, SecurityMiddleware, SecurityOperation
 from connexion.security import NO_VALUE, AbstractSecurityHandler, SecurityHandlerFactory
 from sqlalchemy import bindparam
 from sqlmodel import col, select, update
+from starlette.types import Receive, Scope, Send
 
 from kiln.core import spec
 from kiln.core.principal import ANONYMOUS, Principal
 from kiln.core.problems import Problem
 from kiln.domain.credentials import looks_like_token, token_hash, verify_password
-from kiln.http.asgi import current_scope, request_info
+from kiln.http.asgi import current_scope, header, request_info
 from kiln.http.context import ServedApp, app_of
 from kiln.http.ratelimit import client_address
 from kiln.store.db import utcnow
@@ -34,6 +40,7 @@ from models import Token, User
 
 REALM = 'Bearer realm="kiln"'
 LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
+_VERDICT = "kiln.credentials"
 
 
 def invalid_credentials(detail: str) -> Problem:
@@ -94,12 +101,12 @@ async def _token_principal(
     app: ServedApp, secret: str, *, username: str | None, address: str
 ) -> Principal:
     if not looks_like_token(secret):
-        await app.limits.check_password_attempt(address)
+        await app.limits.count_failed_sign_in(address)
         raise invalid_credentials("The token is malformed.")
     params = {"secret_hash": token_hash(secret)}
     token = await app.db.run(lambda: app.db.first(_TOKEN, params))
     if token is None or (username is not None and token.username != username):
-        await app.limits.check_password_attempt(address)
+        await app.limits.count_failed_sign_in(address)
         raise invalid_credentials("The token is unknown or revoked.")
     now = utcnow()
     if token.expires_at is not None and token.expires_at <= now:
@@ -119,14 +126,44 @@ async def _token_principal(
 async def _password_principal(
     app: ServedApp, username: str, password: str, address: str
 ) -> Principal:
-    await app.limits.check_password_attempt("user:" + username, "addr:" + address)
+    await app.limits.check_sign_in(address, username)
     user = await app.db.run(lambda: app.db.first(_PASSWORD, {"username": username}))
-    if user is None or user.password_hash is None:
-        raise invalid_credentials("Wrong user name or password.")
     # argon2 takes tens of milliseconds of CPU: keep it off the event loop.
-    if not await anyio.to_thread.run_sync(verify_password, user.password_hash, password):
+    if (
+        user is None
+        or user.password_hash is None
+        or not await anyio.to_thread.run_sync(verify_password, user.password_hash, password)
+    ):
+        await app.limits.count_failed_sign_in(address, username)
         raise invalid_credentials("Wrong user name or password.")
     return Principal(user_id=user.id, username=username, scopes=spec.declared_scopes())
+
+
+async def _judged(scope: Scope) -> Principal | Problem:
+    """The verdict on the request's credentials: judged once, kept in its scope."""
+    verdict: Principal | Problem | None = scope.get(_VERDICT)
+    if verdict is None:
+        authorization = header(scope, b"authorization") or b""
+        try:
+            verdict = await authenticate(
+                app_of(scope), authorization.decode("latin-1"), client_address(scope)
+            )
+        except Problem as problem:
+            verdict = problem
+        scope[_VERDICT] = verdict
+    return verdict
+
+
+async def admit(scope: Scope, *, takes_credentials: bool) -> None:
+    """Count a request with credentials against the rate limit of whom it serves: its
+    credential when they are valid and the operation takes them, else its address."""
+    caller = None
+    if takes_credentials:
+        verdict = await _judged(scope)
+        if isinstance(verdict, Principal):
+            token = verdict.token_id
+            caller = f"token:{token}" if token is not None else f"user:{verdict.user_id}"
+    await app_of(scope).limits.admit(scope, caller)
 
 
 def current_principal() -> Principal:
@@ -143,11 +180,11 @@ class ScopedCredentialsHandler(AbstractSecurityHandler):  # type: ignore[misc]
         needed = tuple(required_scopes)
 
         async def verify(request: ConnexionRequest) -> Any:
-            authorization = request.headers.get("authorization")
-            if not authorization:
+            if not request.headers.get("authorization"):
                 return NO_VALUE
-            app = app_of(request.scope)
-            principal = await authenticate(app, authorization, client_address(request.scope))
+            principal = await _judged(request.scope)
+            if isinstance(principal, Problem):
+                raise principal
             request_info(request.scope).principal = principal
             for scope in needed:
                 if scope not in principal.scopes:
@@ -177,6 +214,15 @@ class _SecurityHandlerFactory(SecurityHandlerFactory):  # type: ignore[misc]
         return NO_VALUE if request.headers.get("authorization") else {}
 
 
+class _SecurityOperation(SecurityOperation):  # type: ignore[misc]
+    """Connexion's security check of one operation, after counting the request."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if header(scope, b"authorization") is not None:
+            await admit(scope, takes_credentials=bool(self.security))
+        await super().__call__(scope, receive, send)
+
+
 class _SecurityAPI(SecurityAPI):  # type: ignore[misc]
     security_handler_factory: Any
 
@@ -185,7 +231,11 @@ class _SecurityAPI(SecurityAPI):  # type: ignore[misc]
             self.security_handler_factory = _SecurityHandlerFactory(
                 self.security_handler_factory.security_handlers
             )
-        return super().make_operation(operation)
+        return _SecurityOperation.from_operation(
+            operation,
+            next_app=self.next_app,
+            security_handler_factory=self.security_handler_factory,
+        )
 
 
 class KilnSecurityMiddleware(SecurityMiddleware):  # type: ignore[misc]

@@ -74,7 +74,7 @@ async def upload(
     body = UploadBody(current_receive, content_type.decode("latin-1") if content_type else None)
     await body.open()
     name = name or body.filename
-    if name is None or not NAME.match(name):
+    if name is None or not NAME.fullmatch(name):
         # Only the body can say whether a name is missing, so this is not a schema error.
         raise Problem(
             "invalid_value",
@@ -102,9 +102,10 @@ async def upload(
                 "length": declared and declared.decode(),
             },
         )
-        user_id = principal.user_id
         record_id, earlier = await db.run(
-            lambda: idempotency.claim(db, user_id, key.decode("latin-1"), fingerprint)
+            lambda: idempotency.claim(
+                db, app.secrets, principal, key.decode("latin-1"), fingerprint
+            )
         )
         if earlier is not None:
             return earlier
@@ -128,7 +129,7 @@ async def upload(
                 resources.flush_unique(f"{kind.noun} {name} exists already here.")
                 response = hal.created(kind.represent(blob))
                 if claim is not None:
-                    idempotency.remember(claim, response)
+                    idempotency.remember(app.secrets, claim, response)
                 return response
 
         try:

@@ -1,10 +1,12 @@
-"""HAL responses: one place decides the media type, the ETag, 304s and Location."""
+"""HAL responses: one place decides the media type, the ETag, 304s, Location, and
+which responses no cache may keep."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from connexion.context import operation as current_operation
 from connexion.lifecycle import ConnexionResponse
 
 from kiln.core.bodies import Body as Body
@@ -15,6 +17,7 @@ from kiln.http.etag import etag_of, none_match, require_match
 from kiln.http.negotiation import HAL_JSON, JSON, choose
 
 _OFFERED = (HAL_JSON, JSON)
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _request_header(name: bytes) -> str | None:
@@ -22,10 +25,25 @@ def _request_header(name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def _declared_cache_control(status: int) -> Mapping[str, str]:
+    """`Cache-Control: no-store` where the contract declares `Cache-Control` for the
+    operation's response: on those that carry a secret (a new token, and its replays)."""
+    try:
+        responses = current_operation.responses
+    except RuntimeError:  # not serving an operation of the contract
+        return {}
+    declared = responses.get(str(status), {}).get("headers", {})
+    return NO_STORE if "Cache-Control" in declared else {}
+
+
 def _respond(raw: bytes, status: int, headers: Mapping[str, str]) -> ConnexionResponse:
     media = choose(_request_header(b"accept"), _OFFERED) or HAL_JSON
     return ConnexionResponse(
-        status_code=status, mimetype=media, content_type=media, body=raw, headers=dict(headers)
+        status_code=status,
+        mimetype=media,
+        content_type=media,
+        body=raw,
+        headers={**headers, **_declared_cache_control(status)},
     )
 
 

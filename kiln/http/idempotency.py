@@ -1,8 +1,11 @@
 """`Idempotency-Key` on creates: the first result is kept in the database and replayed.
 
-The key is claimed in a transaction of its own, so a concurrent request with the same
-key sees it in flight (409). The result is stored in the same transaction as the
-resource it describes, so either both exist or neither does.
+A key is the credential's that sent it (a token, or the password), so a replay goes
+only to the credential that made the result; the result is kept encrypted, since it
+may hold a secret (a created token's). The key is claimed in a transaction of its
+own, so a concurrent request with the same key sees it in flight (409). The result is
+stored in the same transaction as the resource it describes, so either both exist or
+neither does.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from connexion.lifecycle import ConnexionResponse
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select, update
 
+from kiln.core.principal import Principal
 from kiln.core.problems import Problem
 from kiln.http.hal import replay
 from kiln.store.db import Database, session, utcnow
+from kiln.store.secrets import SecretBox
 from models import IdempotencyRecord
 
 RETENTION = dt.timedelta(hours=24)
@@ -35,26 +40,27 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 def run_once(
     db: Database,
+    box: SecretBox,
     *,
-    user_id: int,
+    caller: Principal,
     key: str,
     request_fingerprint: str,
     operation: Callable[[], ConnexionResponse],
 ) -> ConnexionResponse:
-    record_id, earlier = claim(db, user_id, key, request_fingerprint)
+    record_id, earlier = claim(db, box, caller, key, request_fingerprint)
     if earlier is not None:
         return earlier
     try:
         with db.transaction():
             response = operation()
-            remember(record_id, response)
+            remember(box, record_id, response)
         return response
     except BaseException:
         release(db, record_id)
         raise
 
 
-def remember(record_id: int, response: ConnexionResponse) -> None:
+def remember(box: SecretBox, record_id: int, response: ConnexionResponse) -> None:
     """Keep a successful result, in the transaction that made what it describes."""
     if not 200 <= response.status_code < 300:
         return
@@ -65,7 +71,7 @@ def remember(record_id: int, response: ConnexionResponse) -> None:
         .values(
             status=response.status_code,
             headers=orjson.dumps(headers).decode(),
-            body=response.body,
+            body=box.encrypt((response.body or b"").decode()),
         )
     )
 
@@ -77,10 +83,14 @@ def release(db: Database, record_id: int) -> None:
 
 
 def claim(
-    db: Database, user_id: int, key: str, request_fingerprint: str
+    db: Database, box: SecretBox, caller: Principal, key: str, request_fingerprint: str
 ) -> tuple[int, ConnexionResponse | None]:
-    """Claim the key for this request: its record id, and the earlier result to replay
-    if the same request already ran. 409 while another holds it; 422 for another request."""
+    """Claim the caller's key for this request: its record id, and the earlier result to
+    replay if the same request already ran. 409 while another holds it; 422 for another
+    request."""
+    assert caller.user_id is not None
+    user_id, token_id = caller.user_id, caller.token_id
+    credential = f"token:{token_id}" if token_id is not None else "password"
     now = utcnow()
     in_flight = Problem(
         "idempotency_in_flight",
@@ -94,12 +104,18 @@ def claim(
             )
             record = s.exec(
                 select(IdempotencyRecord).where(
-                    IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key
+                    IdempotencyRecord.user_id == user_id,
+                    IdempotencyRecord.credential == credential,
+                    IdempotencyRecord.key == key,
                 )
             ).one_or_none()
             if record is None:
                 record = IdempotencyRecord(
-                    user_id=user_id, key=key, fingerprint=request_fingerprint
+                    user_id=user_id,
+                    token_id=token_id,
+                    credential=credential,
+                    key=key,
+                    fingerprint=request_fingerprint,
                 )
                 s.add(record)
                 s.flush()
@@ -114,7 +130,8 @@ def claim(
             if record.status is not None:
                 assert record.body is not None
                 assert record.headers is not None
-                return record.id, replay(record.body, orjson.loads(record.headers))
+                body = box.decrypt(record.body).encode()
+                return record.id, replay(body, orjson.loads(record.headers))
             if now - record.created_at < ABANDONED:
                 raise in_flight
             record.created_at = now  # take over the abandoned claim

@@ -32,16 +32,18 @@ _call: ContextVar[tuple[spec.OperationInfo, dict[str, Any]]] = ContextVar("kiln_
 async def unit(work: Callable[[], ConnexionResponse]) -> ConnexionResponse:
     """Run `work` as the current operation's unit of work."""
     op, kwargs = _call.get()
-    db = current_app().db
+    app = current_app()
+    db = app.db
     scope = current_scope()
     key = header(scope, b"idempotency-key") if op.idempotent_create else None
-    user_id = current_principal().user_id
+    caller = current_principal()
 
     def run() -> ConnexionResponse:
-        if key is not None and user_id is not None:
+        if key is not None and caller.user_id is not None:
             return idempotency.run_once(
                 db,
-                user_id=user_id,
+                app.secrets,
+                caller=caller,
                 key=key.decode("latin-1"),
                 request_fingerprint=idempotency.fingerprint(
                     op.method,

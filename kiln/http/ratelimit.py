@@ -1,4 +1,13 @@
-"""Rate limits per credential (per address when anonymous), reported on every response."""
+"""Rate limits per credential (per address when anonymous), reported on every response.
+
+A request counts as the caller it is served as. Without credentials that is its
+address, counted before anything else runs. With credentials it is the credential
+only once `auth` has found them valid for an operation that takes them; otherwise
+(invalid credentials, operations that ignore them, answers given before they are
+looked at) it is the address again, so made-up credentials buy no budget of their own.
+
+Failed sign-ins have tighter limits of their own, per user name and per address.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import hashlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
@@ -19,9 +29,22 @@ from kiln.http.asgi import header, send_problem
 
 log = logging.getLogger("kiln.ratelimit")
 
+# An address may fail this many times as often as one user name: enough for the people
+# behind one NAT to mistype, not for one client to spray guesses over many names.
+ADDRESS_FAILURES_PER_NAME = 10
+_COUNTED = "kiln.ratelimit"
+
+
+@dataclass
+class _Counted:
+    """Whether the request has been counted, and the RateLimit-* headers that says."""
+
+    done: bool = False
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
 
 class RateLimits:
-    """The limiter and the three limits Kiln applies."""
+    """The limiter and the limits Kiln applies."""
 
     def __init__(self, settings: Settings) -> None:
         self.storage = _storage(settings.rate_limit_storage)
@@ -29,24 +52,79 @@ class RateLimits:
         self.credential = parse(settings.rate_limit)
         self.anonymous = parse(settings.anonymous_rate_limit)
         self.password = parse(settings.password_rate_limit)
+        self.address_failures = type(self.password)(
+            self.password.amount * ADDRESS_FAILURES_PER_NAME, self.password.multiples
+        )
 
     async def hit(self, item: RateLimitItem, key: str) -> tuple[bool, int, int]:
         """Count one request; (allowed, remaining, seconds until the window resets)."""
         allowed = await self.limiter.hit(item, key)
-        stats = await self.limiter.get_window_stats(item, key)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return allowed, stats.remaining, reset
+        return allowed, *await self._stats(item, key)
 
-    async def check_password_attempt(self, *keys: str) -> None:
-        """Password guesses and failed logins count against tighter per-name, per-address limits."""
-        for key in keys:
-            allowed, _, reset = await self.hit(self.password, "auth:" + key)
+    async def _stats(self, item: RateLimitItem, key: str) -> tuple[int, int]:
+        stats = await self.limiter.get_window_stats(item, key)
+        return stats.remaining, max(0, math.ceil(stats.reset_time - time.time()))
+
+    async def admit(self, scope: Scope, caller: str | None) -> None:
+        """Count the request, once, against `caller`'s limit (a key for valid credentials)
+        or, without one, its address's; `rate_limited` past it."""
+        counted = scope.get(_COUNTED) or _Counted()
+        if counted.done:
+            return
+        counted.done = True
+        if caller is not None:
+            item, key = self.credential, "cred:" + caller
+        else:
+            item, key = self.anonymous, "addr:" + client_address(scope)
+        try:
+            allowed, remaining, reset = await self.hit(item, key)
+        except Exception:
+            # Limits are a guard, not a gate: with their storage down, serve unlimited.
+            log.exception("rate limit storage failed; request not limited")
+            return
+        counted.headers = (
+            (b"ratelimit-limit", str(item.amount).encode()),
+            (b"ratelimit-remaining", str(remaining).encode()),
+            (b"ratelimit-reset", str(reset).encode()),
+        )
+        if not allowed:
+            raise Problem(
+                "rate_limited",
+                f"Try again in {reset} seconds.",
+                headers={"Retry-After": str(reset)},
+            )
+
+    def _sign_in_limits(
+        self, address: str, username: str | None
+    ) -> list[tuple[RateLimitItem, str]]:
+        limits = [(self.address_failures, "auth:addr:" + address)]
+        if username is not None:
+            name = hashlib.blake2b(username.encode(), digest_size=16).hexdigest()
+            limits.append((self.password, "auth:user:" + name))
+        return limits
+
+    async def check_sign_in(self, address: str, username: str | None = None) -> None:
+        """Refuse a sign-in while its user name or its address is over its limit of
+        failures, whether or not the password is right: else the right guess gets in."""
+        for item, key in self._sign_in_limits(address, username):
+            if not await self.limiter.test(item, key):
+                raise _too_many_sign_ins((await self._stats(item, key))[1])
+
+    async def count_failed_sign_in(self, address: str, username: str | None = None) -> None:
+        """Count a failed sign-in against its user name and its address; `rate_limited`
+        past either's limit. Sign-ins that succeed are not counted."""
+        for item, key in self._sign_in_limits(address, username):
+            allowed, _, reset = await self.hit(item, key)
             if not allowed:
-                raise Problem(
-                    "rate_limited",
-                    f"Too many sign-in attempts; try again in {reset} seconds.",
-                    headers={"Retry-After": str(reset)},
-                )
+                raise _too_many_sign_ins(reset)
+
+
+def _too_many_sign_ins(reset: int) -> Problem:
+    return Problem(
+        "rate_limited",
+        f"Too many failed sign-ins; try again in {reset} seconds.",
+        headers={"Retry-After": str(reset)},
+    )
 
 
 def _storage(uri: str) -> Storage:
@@ -75,38 +153,38 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        credential = header(scope, b"authorization")
-        if credential:
-            # Keyed by a digest of the credential itself: no secret reaches the storage.
-            item = self.limits.credential
-            key = "cred:" + hashlib.blake2b(credential, digest_size=16).hexdigest()
-        else:
-            item = self.limits.anonymous
-            key = "addr:" + client_address(scope)
-        try:
-            allowed, remaining, reset = await self.limits.hit(item, key)
-        except Exception:
-            # Limits are a guard, not a gate: with their storage down, serve unlimited.
-            log.exception("rate limit storage failed; request not limited")
-            await self.app(scope, receive, send)
-            return
-        headers = [
-            (b"ratelimit-limit", str(item.amount).encode()),
-            (b"ratelimit-remaining", str(remaining).encode()),
-            (b"ratelimit-reset", str(reset).encode()),
-        ]
+        counted = scope[_COUNTED] = _Counted()
 
         async def send_with_limits(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
+                message["headers"] = [*message.get("headers", ()), *counted.headers]
             await send(message)
 
-        if not allowed:
-            problem = Problem(
-                "rate_limited",
-                f"Try again in {reset} seconds.",
-                headers={"Retry-After": str(reset)},
-            )
-            await send_problem(scope, send_with_limits, problem)
+        if header(scope, b"authorization") is None:
+            try:
+                await self.limits.admit(scope, None)
+            except Problem as problem:
+                await send_problem(scope, send_with_limits, problem)
+                return
+            await self.app(scope, receive, send_with_limits)
             return
-        await self.app(scope, receive, send_with_limits)
+
+        # With credentials, `auth` counts the request once it knows whom it serves. What
+        # is answered before that (unknown paths, the contract, refusals) counts against
+        # the address as its answer starts, and past the limit is answered with a 429.
+        refused = False
+
+        async def send_counted(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return
+            if message["type"] == "http.response.start" and not counted.done:
+                try:
+                    await self.limits.admit(scope, None)
+                except Problem as problem:
+                    refused = True
+                    await send_problem(scope, send_with_limits, problem)
+                    return
+            await send_with_limits(message)
+
+        await self.app(scope, receive, send_counted)

@@ -3,6 +3,7 @@ multipart/form-data body, parsed incrementally so that no upload is held whole."
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from python_multipart.exceptions import MultipartParseError
@@ -13,6 +14,8 @@ from starlette.types import Receive
 from kiln.core.problems import FieldError, validation_failed
 
 FILE_FIELD = "file"
+# type/subtype, each an RFC 9110 token: what a Content-Type may be, and so be stored as.
+MEDIA_TYPE = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+/[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 def _missing_file() -> Exception:
@@ -37,6 +40,7 @@ class UploadBody:
         self._header_field = b""
         self._headers: dict[bytes, bytes] = {}
         self._finished = False
+        self._bad_type = False
 
     async def _next_message(self) -> bytes | None:
         """The next piece of the request body, None at its end."""
@@ -71,6 +75,16 @@ class UploadBody:
         while not self._in_file and not self._file_done:
             if not await self._feed():
                 raise _missing_file()
+        if self._bad_type:
+            raise validation_failed(
+                [
+                    FieldError(
+                        "pattern",
+                        "The file part's Content-Type is not a media type (type/subtype).",
+                        pointer="/file",
+                    )
+                ]
+            )
 
     async def _feed(self) -> bool:
         """Parse one more piece of the body; False at the end of it."""
@@ -122,6 +136,8 @@ class UploadBody:
             filename = disposition.get(b"filename")
             self.filename = filename.decode("utf-8", "replace") if filename else None
             media, _ = parse_options_header(self._headers.get(b"content-type", b""))
+            if media and not MEDIA_TYPE.fullmatch(media):
+                self._bad_type = True
             self.content_type = media.decode("latin-1") or "application/octet-stream"
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

@@ -2,7 +2,8 @@
 
 Connexion's validators stop at the first error, answer a body that is not UTF-8
 with a 500, and rebuild their JSON Schema validators on every request; these
-replace them through connexion's `validator_map`.
+replace them through connexion's `validator_map`. A JSON body is validated as the
+media type its `Content-Type` names, which the handler then reads it as too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import orjson
 from connexion.datastructures import MediaTypeDict
-from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.json_schema import Draft4RequestValidator
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.request_validation import (
@@ -32,10 +32,12 @@ from connexion.validators import (
     ParameterValidator,
 )
 from jsonschema import Draft4Validator, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.types import Message, Receive, Scope, Send
 
 from kiln.core import spec
 from kiln.core.problems import FieldError, Problem, validation_failed
+from kiln.http.asgi import header
 
 _validators: dict[int, tuple[Any, dict[str, Any]]] = {}
 
@@ -68,6 +70,8 @@ def _describe(error: ValidationError, name: str) -> tuple[str, str]:
             return "too_long", f"{name} is longer than {limit} characters."
         case "minLength":
             return "too_short", f"{name} is shorter than {limit} characters."
+        case "pattern" if isinstance(error.instance, str) and "\x00" in error.instance:
+            return "pattern", f"{name} contains NUL (U+0000), which no string may."
         case "pattern":
             return "pattern", f"{name} does not match the pattern {limit}."
         case "enum":
@@ -233,9 +237,36 @@ class ReusedValidationOperation(RequestValidationOperation):  # type: ignore[mis
 
     def validate_mime_type(self, mime_type: str) -> None:
         if self._accepted is not None and mime_type.lower() not in self._accepted:
-            raise UnsupportedMediaTypeProblem(
-                detail=f"This operation takes {', '.join(self._operation.consumes)}."
-            )
+            raise self._unsupported()
+
+    def _unsupported(self, why: str = "") -> Problem:
+        return Problem(
+            "unsupported_media_type",
+            f"{why}This operation takes {', '.join(self._operation.consumes)}.",
+        )
+
+    def _body_media_type(self, scope: Scope) -> str:
+        """The media type the body is validated as, and then read as by the handler.
+
+        connexion validates a body that has no `Content-Type` as the operation's first
+        type, and matches types case-sensitively, while the handler parses by the header
+        as sent: a body validated as JSON reached it as bytes (a 500). So a body needs a
+        `Content-Type` the operation takes, and the handler sees it bare and lower-case."""
+        raw = header(scope, b"content-type")
+        if raw is None:
+            if _has_body(scope):
+                raise self._unsupported("The body has no Content-Type. ")
+            # No body either: the body validator says that a required one is missing.
+            return str(self._operation.consumes[0])
+        media, _ = parse_options_header(raw)
+        mime_type = media.decode("latin-1")
+        self.validate_mime_type(mime_type)
+        if raw != media:
+            scope["headers"] = [
+                *((k, v) for k, v in scope["headers"] if k != b"content-type"),
+                (b"content-type", media),
+            ]
+        return mime_type
 
     @functools.cached_property
     def _streamed(self) -> bool:
@@ -248,22 +279,30 @@ class ReusedValidationOperation(RequestValidationOperation):  # type: ignore[mis
             mime_type, _ = self.extract_content_type(scope["headers"])
             self.validate_mime_type(mime_type)
         elif self._operation.request_body:
-            # As connexion's RequestValidationOperation does it.
-            mime_type, encoding = self.extract_content_type(scope["headers"])
-            self.validate_mime_type(mime_type)
+            # As connexion's RequestValidationOperation does it, but no body goes unvalidated.
+            mime_type = self._body_media_type(scope)
             schema = self._operation.body_schema(mime_type)
             body_validator = self._validator_map["body"].get(mime_type) if schema else None
+            if schema and body_validator is None:
+                raise self._unsupported()
             if body_validator is not None:
                 validator = body_validator(
                     schema=schema,
                     required=self._operation.request_body.get("required", False),
                     nullable=is_nullable(self._operation.body_definition(mime_type)),
-                    encoding=encoding,
+                    encoding="utf-8",  # JSON's (RFC 8259); the validator refuses anything else
                     strict_validation=self.strict_validation,
                     uri_parser=self._parameter_validator.uri_parser,
                 )
                 receive, scope = await validator.wrap_receive(receive, scope=scope)
         await self.next_app(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    length = header(scope, b"content-length")
+    return (length is not None and length.strip() != b"0") or (
+        header(scope, b"transfer-encoding") is not None
+    )
 
 
 class _ValidationAPI(RequestValidationAPI):  # type: ignore[misc]

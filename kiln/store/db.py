@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import DateTime, Row, create_engine, event, text
+from sqlalchemy import DateTime, Row, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
+
+from kiln.store import files
 
 T = TypeVar("T")
 _session: ContextVar[Session] = ContextVar("kiln_session")
@@ -64,6 +68,7 @@ class Database:
         options: dict[str, Any] = {"echo": echo, "pool_size": 20, "max_overflow": 20}
         if self.is_sqlite:
             options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
+            private_sqlite_file(url)
         else:
             options.update(pool_recycle=1800, connect_args={"connect_timeout": 5})
         self.engine: Engine = create_engine(url, **options)
@@ -124,6 +129,22 @@ def session() -> Session:
         return _session.get()
     except LookupError:
         raise RuntimeError("no unit of work is open") from None
+
+
+def private_sqlite_file(url: str) -> None:
+    """Make the SQLite database file 0600 before SQLite opens it, and tighten one made
+    looser before (by a migration, or an older Kiln). SQLite gives its -wal and -shm
+    files the database file's mode."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        files.tighten(path.with_name(path.name + suffix))
+    if not path.exists():
+        # With no such directory, SQLite says so when it connects.
+        with contextlib.suppress(FileNotFoundError):
+            os.close(files.open_private(path, os.O_RDONLY | os.O_CREAT))
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -8,13 +8,13 @@ rotated (`kiln secrets rotate`) without losing what the old one encrypted.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlmodel import select
 
+from kiln.store import files
 from kiln.store.db import Database, session
 
 KEY_FILE = "secret.key"
@@ -62,8 +62,9 @@ def load(secret_key: str | None, data_dir: Path) -> SecretBox:
         return SecretBox(k.encode() for k in secret_key.split(","))
     path = data_dir / KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        files.private_directory(data_dir)
         _write_keys(path, [Fernet.generate_key()])
+    files.tighten(path)
     return SecretBox(path.read_bytes().splitlines(), reload=lambda: path.read_bytes().splitlines())
 
 
@@ -77,9 +78,7 @@ def add_key(data_dir: Path) -> SecretBox:
 
 def _write_keys(path: Path, keys: list[bytes]) -> None:
     temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(b"\n".join(k.strip() for k in keys if k.strip()) + b"\n")
+    files.write(temporary, b"\n".join(k.strip() for k in keys if k.strip()) + b"\n")
     temporary.replace(path)
 
 

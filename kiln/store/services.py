@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.core.config import Settings
-from kiln.store import secrets
+from kiln.store import files, secrets
 from kiln.store.db import Database
 from kiln.store.secrets import SecretBox
 from kiln.store.storage import FileSystemStorage, Storage
@@ -21,7 +21,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        files.data_directory(settings.data_dir)
         return cls(
             settings=settings,
             db=Database(settings.resolved_database_url),

@@ -22,6 +22,8 @@ from typing import Protocol
 
 import anyio.to_thread
 
+from kiln.store import files
+
 BATCH = 1 << 20
 Batch = tuple[bytes, ...]
 IN_FLIGHT_BATCHES = 8
@@ -62,7 +64,7 @@ class Storage(Protocol):
 class FileSystemStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        files.private_directory(root / "tmp")
 
     def upload(self, *, limit: int) -> FileUpload:
         return FileUpload(self.root, limit)
@@ -116,7 +118,7 @@ class FileUpload:
         name = uuid.uuid4().hex
         self.key = f"{name[:2]}/{name[2:4]}/{name}"
         self._temporary = root / "tmp" / name
-        self._file = self._temporary.open("wb")
+        self._file = files.create(self._temporary)
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256()
         self._pending: list[bytes] = []
@@ -165,7 +167,7 @@ class FileUpload:
             await self.abort()
             raise failure
         final = self.root / self.key
-        final.parent.mkdir(parents=True, exist_ok=True)
+        files.private_directory(final.parent)
         os.replace(self._temporary, final)
         return StoredBlob(self.key, self.size, self._md5.hexdigest(), self._sha256.hexdigest())
 
