@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlmodel import select
@@ -84,11 +85,17 @@ def _write_keys(path: Path, keys: list[bytes]) -> None:
 
 def reencrypt(db: Database, box: SecretBox) -> int:
     """Re-encrypt every stored secret with `box`'s newest key; how many there were."""
-    from models import SshKey, Variable, Webhook
+    from models import IdempotencyRecord, SshKey, Variable, Webhook
 
+    encrypted: tuple[tuple[type[Any], str], ...] = (
+        (Variable, "value"),
+        (SshKey, "private_key"),
+        (Webhook, "secret"),
+        (IdempotencyRecord, "body"),  # a replayed result can hold a token's secret
+    )
     count = 0
     with db.transaction():
-        for model, column in ((Variable, "value"), (SshKey, "private_key"), (Webhook, "secret")):
+        for model, column in encrypted:
             for row in session().exec(select(model)):
                 token = getattr(row, column)
                 if token is not None:
