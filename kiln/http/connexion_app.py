@@ -29,7 +29,7 @@ from connexion.spec import Specification
 from starlette.types import Receive, Scope, Send
 
 from kiln.core import cache, spec
-from kiln.http import docs_headers
+from kiln.http import contract_documents, docs_headers
 
 
 def load_specification(path: Path, cache_dir: Path | None = None) -> Specification:
@@ -94,12 +94,19 @@ class _ASGIApp(AsyncASGIApp):  # type: ignore[misc]
 
 
 class SwaggerUIOnItsPaths(SwaggerUIMiddleware):  # type: ignore[misc]
-    """connexion's Swagger UI and spec routes, without matching every API request
-    against them first."""
+    """connexion's Swagger UI, without matching every API request against its routes
+    first; the contract's documents as written (kiln.http.contract_documents)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        contract_documents.documents()  # made now, not while a request waits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["path"].startswith(("/docs", "/openapi.")):
             await self.app(scope, receive, send)
+            return
+        if contract_documents.serves(scope):
+            await contract_documents.send_document(scope, send)
             return
         # /docs pages: no framing, and a Content-Security-Policy (kiln.http.docs_headers).
         await super().__call__(scope, receive, docs_headers.guarded(scope, send))
