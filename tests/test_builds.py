@@ -434,3 +434,33 @@ def test_a_workspace_a_finished_build_could_not_remove_is_swept(server: RunningS
     (left / "work" / "stuck").touch()
     subprocess.run(["chattr", "+i", str(left / "work" / "stuck")], check=True)
     wait_until(lambda: not left.exists(), what="the worker to sweep the leftover workspace")
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/problem+json", "application/json", "application/json, application/problem+json"],
+)
+def test_downloads_answer_clients_that_accept_only_json(
+    client: httpx.Client, alice: Account, accept: str
+) -> None:
+    # What generated clients send on every call: the bytes come anyway (RFC 9110 lets a
+    # server disregard Accept); only JSON operations answer 406 to a type they lack.
+    more = "  artifacts: [out.txt => out]\n"
+    build = run(client, alice, manifest(job('["echo hello > out.txt", "echo done"]', more=more)))
+    asked = {**alice.auth, "Accept": accept}
+    href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+    shown = client.get(href, headers=asked)
+    assert shown.status_code == 200
+    assert shown.headers["content-type"].startswith("text/plain")
+    assert "done" in shown.text
+    listed = client.get(f"{B}/{build['id']}/artifacts", headers=alice.auth).json()
+    (artifact,) = listed["_embedded"]["artifacts"]
+    content = client.get(artifact["_links"]["content"]["href"], headers=asked)
+    assert content.status_code == 200
+    assert content.content == b"hello\n"
+    refused = client.get(href, headers={**alice.auth, "Accept": "image/png"})
+    assert refused.status_code == 406
+    assert (
+        client.get("/api/v1/user", headers={**alice.auth, "Accept": "text/plain"}).status_code
+        == 406
+    )

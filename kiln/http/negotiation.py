@@ -60,8 +60,29 @@ def choose(accept: str | None, offered: Sequence[str]) -> str | None:
     return best
 
 
+def is_json(media: str) -> bool:
+    return media == JSON or media.endswith("+json")
+
+
+def asks_only_for_json(accept: str) -> bool:
+    """Whether every media range the client accepts is a JSON type (problems included):
+    what generated clients send for every call, downloads too."""
+    wanted = [media for media, q in parse_accept(accept) if q > 0]
+    return bool(wanted) and all(is_json(media) for media in wanted)
+
+
+def produces_bytes(produces: Sequence[str]) -> bool:
+    """Whether an operation answers with text or bytes rather than JSON (job output,
+    downloads)."""
+    return any(not is_json(media.partition(";")[0].strip()) for media in produces)
+
+
 class AcceptMiddleware:
-    """Answers 406 before any work when the operation produces nothing acceptable."""
+    """Answers 406 before any work when the operation produces nothing acceptable.
+
+    An operation that produces text or bytes still answers a client whose `Accept` lists
+    only JSON or problem types with its text or bytes (RFC 9110 lets a server disregard
+    `Accept`): generated clients send such an `Accept` on every call."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -72,10 +93,12 @@ class AcceptMiddleware:
         if accept:
             routing = scope.get("extensions", {}).get("connexion_routing", {})
             op = self.operations.get(routing.get("operation_id") or "")
+            wanted = accept.decode("latin-1")
             if (
                 op is not None
                 and op.produces
-                and choose(accept.decode("latin-1"), op.produces) is None
+                and choose(wanted, op.produces) is None
+                and not (produces_bytes(op.produces) and asks_only_for_json(wanted))
             ):
                 raise Problem(
                     "not_acceptable", f"This operation produces {', '.join(op.produces)}."
