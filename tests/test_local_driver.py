@@ -495,6 +495,35 @@ def test_a_job_making_its_files_immutable_cannot_keep_its_workspace(tmp_path: Pa
     assert list(root.iterdir()) == []
 
 
+def test_clearing_attributes_never_follows_a_link_out_of_the_workspace(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    subprocess.run(["chattr", "+i", str(outside / "precious")], check=True)
+    root = tmp_path / "workspaces"
+    commands = [
+        f"ln -s {outside} dir-out && ln -s {outside / 'precious'} file-out",
+        "touch stuck && chattr +i stuck",  # so that removal clears attributes
+    ]
+
+    async def scenario() -> None:
+        driver = drivers.get("local", root=root, kill_grace=1)
+        workspace = await driver.prepare(make_plan(), Captured(), make_stop())
+        await workspace.run_job(job(*commands), Captured(), make_stop())
+        await workspace.close()
+
+    try:
+        asyncio.run(scenario())
+        assert list(root.iterdir()) == []
+        flags = subprocess.run(
+            ["lsattr", "-d", str(outside / "precious")], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+        assert "i" in flags
+        assert (outside / "precious").read_text() == "keep"
+    finally:
+        subprocess.run(["chattr", "-i", str(outside / "precious")], check=False)
+
+
 def test_sweep_removes_what_finished_builds_left_and_keeps_running_ones(tmp_path: Path) -> None:
     root = tmp_path / "workspaces"
     for name in ("build-5-abc", "build-6-def"):

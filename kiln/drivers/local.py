@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from kiln.core.readiness import readable
 from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
@@ -444,22 +445,6 @@ async def copy_output(fd: int, output: Output) -> None:
         if not chunk:
             return
         await output.write(chunk)
-
-
-async def readable(fd: int) -> None:
-    """Return once `fd` has something to read (or has reached its end)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
 
 
 async def wait_for_exit(process: asyncio.subprocess.Process, stop: Stop) -> StopStatus | None:

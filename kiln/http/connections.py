@@ -26,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from kiln.core.problems import Problem, render
+from kiln.core.readiness import readable
 from kiln.http.asgi import new_request_id, send_problem
 from kiln.http.https import SECURITY_HEADERS
 from kiln.http.request_log import RequestLogMiddleware
@@ -281,18 +282,7 @@ class GuardedHttp(HttpToolsProtocol):
 
 async def _peek(sock: socket.socket) -> bytes:
     """The connection's first byte once it has come, left unread; none at its end."""
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not readable.done():
-            readable.set_result(None)
-
-    loop.add_reader(sock, ready)
-    try:
-        await readable
-    finally:
-        loop.remove_reader(sock)
+    await readable(sock)
     return sock.recv(1, socket.MSG_PEEK)
 
 
