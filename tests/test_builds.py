@@ -464,3 +464,24 @@ def test_downloads_answer_clients_that_accept_only_json(
         client.get("/api/v1/user", headers={**alice.auth, "Accept": "text/plain"}).status_code
         == 406
     )
+
+
+def test_deleting_a_namespace_under_a_running_build_stops_it_cleanly(
+    client: httpx.Client, alice: Account, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="kiln.background.worker")
+    name = unique("doomed")
+    extra = f"namespace: {name}\n"
+    build = submit(client, alice, manifest(job('["echo started", "sleep 60"]'), extra=extra))
+    assert build.status_code == 202, build.text
+    made = build.json()
+    wait_until(lambda: "started" in output(client, alice, made), what="the job to start")
+    deleted = client.delete(f"/api/v1/namespaces/{made['namespace_id']}", headers=alice.auth)
+    assert deleted.status_code == 204, deleted.text
+    wait_until(
+        lambda: any("was deleted" in r.getMessage() for r in caplog.records),
+        what="the worker to let the deleted build go",
+    )
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    after = run(client, alice, manifest(job('["true"]')))  # the worker is free again
+    assert after["status"] == "passed"

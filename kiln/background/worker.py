@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlmodel import col, select, update
 
@@ -49,6 +50,7 @@ from kiln.store.storage import TooLarge
 from models import Artifact, Build, BuildKey, BuildObject, BuildVariable, Job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CHUNK = 1 << 20
 
 
@@ -76,9 +78,21 @@ async def _run_one(background: Background, build_id: int, worker: str) -> None:
     services = background.services
     try:
         await Run(background, build_id, worker).execute()
+    except BuildGone:
+        log.info("build %s was deleted (with its namespace) while it ran", build_id)
     except Exception:
         log.exception("build %s failed in the worker", build_id)
         await services.db.run(lambda: _settle_after_error(services, build_id))
+
+
+class BuildGone(Exception):
+    """The build's rows are gone: its namespace was deleted while it ran."""
+
+
+def _one(found: T | None) -> T:
+    if found is None:
+        raise BuildGone
+    return found
 
 
 @dataclass
@@ -115,7 +129,7 @@ class Run:
     def _load(self) -> Loaded:
         db, secrets = self.services.db, self.services.secrets
         with db.transaction() as s:
-            build = s.exec(select(Build).where(Build.id == self.build_id)).one()
+            build = _one(s.exec(select(Build).where(Build.id == self.build_id)).one_or_none())
             jobs = list(
                 s.exec(select(Job).where(Job.build_id == self.build_id).order_by(col(Job.position)))
             )
@@ -343,12 +357,12 @@ class Run:
 
     def _job_started(self, job: Job) -> None:
         with self.services.db.transaction() as s:
-            row = s.exec(select(Job).where(Job.id == job.id)).one()
+            row = _one(s.exec(select(Job).where(Job.id == job.id)).one_or_none())
             row.status, row.started_at = "running", utcnow()
 
     def _job_done(self, job: Job, status: str, exit_code: int | None, size: int) -> None:
         with self.services.db.transaction() as s:
-            row = s.exec(select(Job).where(Job.id == job.id)).one()
+            row = _one(s.exec(select(Job).where(Job.id == job.id)).one_or_none())
             row.status, row.exit_code, row.output_size = status, exit_code, size
             row.finished_at = utcnow()
             if row.started_at is None:
@@ -356,7 +370,7 @@ class Run:
 
     def _finish(self, status: str, reason: str | None) -> None:
         with self.services.db.transaction() as s:
-            build = s.exec(select(Build).where(Build.id == self.build_id)).one()
+            build = _one(s.exec(select(Build).where(Build.id == self.build_id)).one_or_none())
             if build.status != "running" or build.worker != self.worker:
                 return  # a reaper settled it (`worker_lost`), or queued it again
             finish_unstarted(build, status, reason)
