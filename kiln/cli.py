@@ -166,6 +166,54 @@ def serve(
             show_default="1",
         ),
     ] = None,
+    drivers: Annotated[
+        str | None,
+        typer.Option(
+            help="The build drivers this deployment runs, comma-separated: local, docker, ssh."
+            " \\[env: KILN_DRIVERS]",
+            show_default="local",
+        ),
+    ] = None,
+    local_driver_unconfined: Annotated[
+        bool | None,
+        typer.Option(
+            help="Run local jobs as Kiln's own user with nothing between them and the server:"
+            " only for a single-user install on a host where bubblewrap cannot confine them."
+            " \\[env: KILN_LOCAL_DRIVER_UNCONFINED]",
+            show_default="off",
+        ),
+    ] = None,
+    local_driver_network: Annotated[
+        str | None,
+        typer.Option(
+            help="none: local jobs get a network of their own with only loopback; host: they"
+            " share the host's, loopback services included. \\[env: KILN_LOCAL_DRIVER_NETWORK]",
+            show_default="none",
+        ),
+    ] = None,
+    docker_host: Annotated[
+        str | None,
+        typer.Option(
+            help="The Docker Engine the docker driver uses. \\[env: KILN_DOCKER_HOST]",
+            show_default="DOCKER_HOST, or the local socket",
+        ),
+    ] = None,
+    sources_allow_local: Annotated[
+        bool | None,
+        typer.Option(
+            help="Let manifests clone sources from local paths and file:// URLs."
+            " \\[env: KILN_SOURCES_ALLOW_LOCAL]",
+            show_default="off",
+        ),
+    ] = None,
+    builds_allow_private: Annotated[
+        bool | None,
+        typer.Option(
+            help="Let sources and the ssh driver reach loopback, private and link-local"
+            " addresses. \\[env: KILN_BUILDS_ALLOW_PRIVATE]",
+            show_default="off",
+        ),
+    ] = None,
     header_timeout: Annotated[
         float | None,
         typer.Option(
@@ -213,6 +261,12 @@ def serve(
         webhooks_allow_private=webhooks_allow_private,
         webhooks_allow_http=webhooks_allow_http,
         workers=workers,
+        drivers=drivers,
+        local_driver_unconfined=local_driver_unconfined,
+        local_driver_network=local_driver_network,
+        docker_host=docker_host,
+        sources_allow_local=sources_allow_local,
+        builds_allow_private=builds_allow_private,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         log_level=log_level,

@@ -167,6 +167,9 @@ def server_settings(data_dir: Path, database_url: str, **overrides: Any) -> Sett
         "poll_interval": 0.05,  # builds, cron and deliveries start at once in tests
         "kill_grace_seconds": 1.0,
         "grace_seconds": 5.0,
+        # Tests clone sources from local repositories and reach sshd on loopback.
+        "sources_allow_local": True,
+        "builds_allow_private": True,
     }
     values.update(overrides)
     return Settings(**values)

@@ -19,8 +19,10 @@ from kiln.domain.masking import MASK, Masker, OutputLog
 from kiln.drivers import local
 from kiln.drivers import registry as drivers
 from kiln.drivers.base import (
+    ArtifactMissing,
     ArtifactSpec,
     BuildPlan,
+    DriverSettings,
     JobResult,
     JobSpec,
     KeySpec,
@@ -61,9 +63,17 @@ def make_plan(**fields: Any) -> BuildPlan:
         "sources": [],
         "files": [],
         "keys": [],
-        "image": None,
     }
     return BuildPlan(**(defaults | fields))
+
+
+def local_settings(root: Path, kill_grace: float = 1.0, *, confined: bool = True) -> DriverSettings:
+    return DriverSettings(
+        root=root,
+        kill_grace=kill_grace,
+        local_confined=confined,
+        git_protocols="https:http:ssh:git:file",  # the sources here are local repositories
+    )
 
 
 def make_stop(seconds: float = 30) -> Stop:
@@ -80,11 +90,13 @@ def in_workspace(
     *,
     plan: BuildPlan | None = None,
     kill_grace: float = 1.0,
+    confined: bool = True,
 ) -> tuple[T, Captured]:
     """Prepares a workspace under tmp_path/workspaces, runs `body` in it, closes it."""
 
     async def scenario() -> tuple[T, Captured]:
-        driver = drivers.get("local", root=tmp_path / "workspaces", kill_grace=kill_grace)
+        settings = local_settings(tmp_path / "workspaces", kill_grace, confined=confined)
+        driver = drivers.get("local", settings)
         output, stop = Captured(), make_stop()
         workspace = await driver.prepare(plan or make_plan(), output, stop)
         try:
@@ -96,12 +108,12 @@ def in_workspace(
 
 
 def run_commands(
-    tmp_path: Path, *commands: str, plan: BuildPlan | None = None
+    tmp_path: Path, *commands: str, plan: BuildPlan | None = None, confined: bool = True
 ) -> tuple[JobResult, Captured]:
     async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
         return await workspace.run_job(job(*commands), output, stop)
 
-    return in_workspace(tmp_path, body, plan=plan)
+    return in_workspace(tmp_path, body, plan=plan, confined=confined)
 
 
 def alive(pid: int) -> bool:
@@ -189,13 +201,22 @@ def test_the_environment_is_built_from_scratch(
     assert env["KILN_BUILD_ID"] == "7"
     assert env["KILN_JOB_NAME"] == "build"
     assert env["LANG"] == "C.UTF-8"
-    home = Path(env["HOME"])
+    # Confined, the build's own directories are at fixed places in its mount namespace.
+    assert env["HOME"] == "/kiln/home"
+    assert env["TMPDIR"] == "/tmp"
+    assert env["USER"] == "nobody"
+
+
+def test_unconfined_jobs_see_their_directories_where_they_are(tmp_path: Path) -> None:
+    result, output = run_commands(tmp_path, 'echo "$HOME $TMPDIR $PWD"', confined=False)
+    assert result.status == "passed"
+    home, tmp, work = (Path(p) for p in output.text.splitlines()[-1].split())
     assert home.name == "home"
     assert home.parent.parent == tmp_path / "workspaces"
-    assert Path(env["TMPDIR"]).parent == home.parent
+    assert tmp.parent == work.parent == home.parent
 
 
-def test_a_killed_job_loses_its_whole_process_group(tmp_path: Path) -> None:
+def test_a_killed_unconfined_job_loses_its_whole_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
 
     async def body(workspace: Workspace, output: Captured, stop: Stop) -> tuple[JobResult, float]:
@@ -205,11 +226,56 @@ def test_a_killed_job_loses_its_whole_process_group(tmp_path: Path) -> None:
         result = await workspace.run_job(job(*commands), output, stop)
         return result, time.monotonic() - started
 
-    (result, elapsed), output = in_workspace(tmp_path, body)
+    (result, elapsed), output = in_workspace(tmp_path, body, confined=False)
     assert result == JobResult("killed", None)
     assert elapsed < 4
     assert "echo never" not in output.text
     assert wait_gone(int(pidfile.read_text()))
+
+
+def processes_running(marker: str) -> list[int]:
+    """The host pids of processes whose command line holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_nothing_a_confined_job_starts_outlives_it(tmp_path: Path) -> None:
+    # `setsid` leaves the process group, which an unconfined job's killing would miss.
+    seconds = f"{300 + os.getpid() % 1000}.{time.monotonic_ns() % 1000}"
+    started = time.monotonic()
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> list[int]:
+        result = await workspace.run_job(job(f"setsid sleep {seconds} & echo left"), output, stop)
+        assert result == JobResult("passed", 0)
+        return processes_running(f"sleep {seconds}")
+
+    left, output = in_workspace(tmp_path, body)
+    assert time.monotonic() - started < 30
+    assert output.text.endswith("left\n")
+    assert left == []
+
+
+def test_a_killed_confined_job_is_asked_to_stop_then_gone(tmp_path: Path) -> None:
+    seconds = f"{300 + os.getpid() % 1000}.{time.monotonic_ns() % 1000}"
+
+    async def body(workspace: Workspace, output: Captured, stop: Stop) -> JobResult:
+        asyncio.get_running_loop().call_later(0.5, stop.killed.set)
+        command = f"trap 'echo terminated; exit 1' TERM; setsid sleep {seconds} & sleep 60 & wait"
+        return await workspace.run_job(job(command, "echo never"), output, stop)
+
+    result, output = in_workspace(tmp_path, body)
+    assert result == JobResult("killed", None)
+    assert "terminated" in output.text  # SIGTERM reached the job before the sandbox went
+    assert "echo never" not in output.text
+    assert processes_running(f"sleep {seconds}") == []
 
 
 def test_a_job_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -247,10 +313,11 @@ def test_a_stopped_build_runs_no_more_commands(tmp_path: Path) -> None:
     assert output.text == ""
 
 
-def test_background_processes_left_behind_are_killed(tmp_path: Path) -> None:
+def test_background_processes_an_unconfined_job_leaves_are_killed(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     started = time.monotonic()
-    result, output = run_commands(tmp_path, f"sleep 60 & echo $! > {pidfile}; echo left")
+    command = f"sleep 60 & echo $! > {pidfile}; echo left"
+    result, output = run_commands(tmp_path, command, confined=False)
     assert result == JobResult("passed", 0)
     assert time.monotonic() - started < 30  # not held up by the sleep holding the pipe open
     assert output.text.endswith("left\n")
@@ -342,7 +409,7 @@ def test_a_failing_clone_fails_preparation_and_leaves_nothing(tmp_path: Path) ->
     output = Captured()
 
     async def scenario() -> None:
-        await drivers.get("local", root=root, kill_grace=1).prepare(plan, output, make_stop())
+        await drivers.get("local", local_settings(root, 1)).prepare(plan, output, make_stop())
 
     with pytest.raises(PreparationFailed, match=r"git clone of .*missing failed \(exit 128\)"):
         asyncio.run(scenario())
@@ -356,7 +423,7 @@ def test_a_password_in_a_source_url_is_not_shown(tmp_path: Path) -> None:
     output = Captured()
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        driver = drivers.get("local", local_settings(tmp_path / "ws", 1))
         await driver.prepare(plan, output, make_stop())
 
     with pytest.raises(PreparationFailed) as failed:
@@ -369,7 +436,7 @@ def test_a_missing_ref_fails_preparation(tmp_path: Path, origin: Path) -> None:
     plan = make_plan(sources=[SourceSpec(url=str(origin), ref="nope", directory=None)])
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        driver = drivers.get("local", local_settings(tmp_path / "ws", 1))
         await driver.prepare(plan, Captured(), make_stop())
 
     with pytest.raises(PreparationFailed, match="git checkout of nope in origin failed"):
@@ -383,7 +450,7 @@ def test_a_killed_build_stops_preparing(tmp_path: Path, origin: Path) -> None:
     async def scenario() -> None:
         stop = make_stop()
         stop.killed.set()
-        await drivers.get("local", root=root, kill_grace=1).prepare(plan, Captured(), stop)
+        await drivers.get("local", local_settings(root, 1)).prepare(plan, Captured(), stop)
 
     with pytest.raises(PreparationStopped) as stopped:
         asyncio.run(scenario())
@@ -391,18 +458,56 @@ def test_a_killed_build_stops_preparing(tmp_path: Path, origin: Path) -> None:
     assert list(root.iterdir()) == []
 
 
-def test_files_are_placed_relative_and_absolute(tmp_path: Path) -> None:
+def test_files_are_placed_inside_the_workspace(tmp_path: Path) -> None:
     source = tmp_path / "object.bin"
     source.write_bytes(b"\x00object bytes\xff")
-    absolute = tmp_path / "elsewhere" / "placed.bin"
-    files = [
-        PlacedFile(source=source, destination="conf/app.bin"),
-        PlacedFile(source=source, destination=str(absolute)),
-    ]
+    files = [PlacedFile(source=source, destination="conf/app.bin")]
     result, output = run_commands(tmp_path, "od -c conf/app.bin", plan=make_plan(files=files))
     assert result.status == "passed"
     assert "o   b   j   e   c   t" in output.text
-    assert absolute.read_bytes() == source.read_bytes() == b"\x00object bytes\xff"
+
+
+@pytest.mark.parametrize("destination", ["/tmp/placed.bin", "../../placed.bin", "a/../../x"])
+def test_a_file_is_never_placed_outside_the_workspace(tmp_path: Path, destination: str) -> None:
+    source = tmp_path / "object.bin"
+    source.write_bytes(b"bytes")
+    plan = make_plan(files=[PlacedFile(source=source, destination=destination)])
+
+    async def scenario() -> None:
+        await drivers.get("local", local_settings(tmp_path / "ws")).prepare(
+            plan, Captured(), make_stop()
+        )
+
+    with pytest.raises(PreparationFailed, match="outside the workspace"):
+        asyncio.run(scenario())
+    assert not Path("/tmp/placed.bin").exists() or destination != "/tmp/placed.bin"
+    assert list((tmp_path / "ws").iterdir()) == []
+
+
+def test_a_link_in_a_cloned_source_cannot_carry_a_file_out(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    repo = tmp_path / "evil"
+    repo.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=repo)
+    (repo / "conf").symlink_to(outside)
+    git("add", "conf", cwd=repo)
+    git("commit", "--quiet", "-m", "a link out", cwd=repo)
+    source = tmp_path / "object.bin"
+    source.write_bytes(b"bytes")
+    plan = make_plan(
+        sources=[SourceSpec(url=str(repo), ref=None, directory="app")],
+        files=[PlacedFile(source=source, destination="app/conf/app.bin")],
+    )
+
+    async def scenario() -> None:
+        await drivers.get("local", local_settings(tmp_path / "ws")).prepare(
+            plan, Captured(), make_stop()
+        )
+
+    with pytest.raises(PreparationFailed, match="a link or a file is in the way"):
+        asyncio.run(scenario())
+    assert list(outside.iterdir()) == []
 
 
 def test_keys_are_written_privately_with_their_config(tmp_path: Path) -> None:
@@ -426,7 +531,7 @@ def test_an_unsafe_key_name_fails_preparation(tmp_path: Path) -> None:
     plan = make_plan(keys=[KeySpec(name="../escape", private_key="k", config=None)])
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=tmp_path / "ws", kill_grace=1)
+        driver = drivers.get("local", local_settings(tmp_path / "ws", 1))
         await driver.prepare(plan, Captured(), make_stop())
 
     with pytest.raises(PreparationFailed, match="invalid SSH key file name"):
@@ -450,11 +555,17 @@ def test_artifacts_must_be_regular_files_inside_the_workspace(tmp_path: Path) ->
         await workspace.run_job(job(*commands), output, stop)
         paths = ["out/report.txt", "inside-link", "out/../../work/out/report.txt", "missing.txt"]
         paths += ["dir", "../escaped.txt", "outside-link", str(outside)]
-        found = [workspace.artifact(ArtifactSpec(path=path, name="a")) for path in paths]
-        return [path.read_text() if path else None for path in found]
+        return [await read_artifact(workspace, path) for path in paths]
 
     found, _ = in_workspace(tmp_path, body)
     assert found == ["report\n"] * 3 + [None] * 5
+
+
+async def read_artifact(workspace: Workspace, path: str) -> str | None:
+    try:
+        return b"".join([c async for c in workspace.artifact(ArtifactSpec(path, "a"))]).decode()
+    except ArtifactMissing:
+        return None
 
 
 def test_close_removes_the_workspace_even_when_read_only(tmp_path: Path) -> None:
@@ -466,7 +577,7 @@ def test_close_removes_the_workspace_even_when_read_only(tmp_path: Path) -> None
     ]
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=root, kill_grace=1)
+        driver = drivers.get("local", local_settings(root, 1))
         workspace = await driver.prepare(make_plan(), Captured(), make_stop())
         await workspace.run_job(job(*commands), Captured(), make_stop())
         assert len(list(root.iterdir())) == 1
@@ -485,7 +596,8 @@ def test_a_job_making_its_files_immutable_cannot_keep_its_workspace(tmp_path: Pa
     ]
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=root, kill_grace=1)
+        # Unconfined: a confined job runs unprivileged and cannot set these attributes.
+        driver = drivers.get("local", local_settings(root, 1, confined=False))
         workspace = await driver.prepare(make_plan(), Captured(), make_stop())
         result = await workspace.run_job(job(*commands), Captured(), make_stop())
         assert result == JobResult("passed", 0)  # the attack itself worked
@@ -507,7 +619,7 @@ def test_clearing_attributes_never_follows_a_link_out_of_the_workspace(tmp_path:
     ]
 
     async def scenario() -> None:
-        driver = drivers.get("local", root=root, kill_grace=1)
+        driver = drivers.get("local", local_settings(root, 1, confined=False))
         workspace = await driver.prepare(make_plan(), Captured(), make_stop())
         await workspace.run_job(job(*commands), Captured(), make_stop())
         await workspace.close()
@@ -539,7 +651,7 @@ def test_sweep_removes_what_finished_builds_left_and_keeps_running_ones(tmp_path
 
         return still_running
 
-    driver = drivers.get("local", root=root, kill_grace=1)
+    driver = drivers.get("local", local_settings(root, 1))
     assert asyncio.run(driver.sweep(running(6))) == []
     assert sorted(p.name for p in root.iterdir()) == ["build-6-def", "not-a-workspace"]
     assert asyncio.run(driver.sweep(running())) == []
@@ -595,8 +707,9 @@ def test_reading_output_never_closes_another_threads_file(tmp_path: Path) -> Non
 
 
 def test_get_knows_the_drivers(tmp_path: Path) -> None:
-    for name in ("docker", "qemu", "ssh"):
-        with pytest.raises(NotImplementedError):
-            drivers.get(name, root=tmp_path, kill_grace=1)
+    for name in ("local", "docker", "ssh"):
+        assert type(drivers.get(name, local_settings(tmp_path))).__name__.lower().startswith(name)
+    with pytest.raises(NotImplementedError):
+        drivers.get("qemu", local_settings(tmp_path))
     with pytest.raises(LookupError):
-        drivers.get("nope", root=tmp_path, kill_grace=1)
+        drivers.get("nope", local_settings(tmp_path))

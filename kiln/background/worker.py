@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -17,22 +18,25 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlmodel import col, select, update
 
 from kiln.background import queue
 from kiln.background.loops import Background
-from kiln.domain import events, manifest
+from kiln.core.config import Settings
+from kiln.domain import build_targets, events, manifest
 from kiln.domain.build_views import build_view
 from kiln.domain.builds import because, finish_unstarted, job_failed
 from kiln.domain.masking import OutputLog
+from kiln.domain.webhook_targets import TargetRefused
 from kiln.drivers import registry
 from kiln.drivers.base import (
+    ArtifactMissing,
     ArtifactSpec,
     BuildPlan,
+    DriverSettings,
     JobResult,
     JobSpec,
     KeySpec,
@@ -41,6 +45,7 @@ from kiln.drivers.base import (
     PreparationStopped,
     SourceSpec,
     Stop,
+    Target,
     Workspace,
 )
 from kiln.store import output
@@ -149,6 +154,10 @@ class Run:
                 env[variable.key] = value
                 if variable.masked:
                     masked.append(value)
+            specs = {
+                k.name: KeySpec(k.name, secrets.decrypt(k.private_key), k.config) for k in keys
+            }
+            driver = parsed.driver
             plan = BuildPlan(
                 build_id=self.build_id,
                 env=env,
@@ -157,11 +166,22 @@ class Run:
                     SourceSpec(src.url, src.ref, src.directory) for src in manifest.sources(parsed)
                 ],
                 files=[
-                    PlacedFile(self.services.storage.local_path(o.storage_key), o.destination)
+                    PlacedFile(
+                        self.services.storage.local_path(o.storage_key),
+                        manifest.workspace_relative(o.destination) or o.destination,
+                    )
                     for o in objects
                 ],
-                keys=[KeySpec(k.name, secrets.decrypt(k.private_key), k.config) for k in keys],
-                image=parsed.driver.image,
+                # The ssh driver's login key is the driver's, not the jobs'.
+                keys=[specs[name] for name in parsed.keys if name in specs],
+                target=Target(
+                    image=driver.image,
+                    workspace=driver.workspace,
+                    address=driver.address,
+                    user=driver.user,
+                    login_key=specs.get(driver.key) if driver.key else None,
+                    host_key=driver.host_key,
+                ),
             )
             events.emit(build.namespace_id, "build.started", build_view(build))
         return Loaded(build, jobs, parsed, plan)
@@ -169,16 +189,11 @@ class Run:
     # -- running -------------------------------------------------------------
 
     async def _run_stages(self, loaded: Loaded) -> tuple[str, str | None]:
-        settings = self.services.settings
-        driver = registry.get(
-            loaded.build.driver,
-            root=workspace_root(self.services),
-            kill_grace=settings.kill_grace_seconds,
-            nice=settings.worker_nice,
-        )
+        driver = registry.get(loaded.build.driver, driver_settings(self.services.settings))
         first = self._log(loaded.jobs[0], loaded.plan)
         try:
-            workspace = await driver.prepare(loaded.plan, first, self.stop)
+            plan = await reachable(loaded.plan, self.services.settings)
+            workspace = await driver.prepare(plan, first, self.stop)
         except PreparationFailed as exc:
             await first.write(f"kiln: {exc}\n".encode())
             await first.close()
@@ -249,16 +264,15 @@ class Run:
     async def _collect(
         self, job: Job, workspace: Workspace, spec: ArtifactSpec, sink: OutputLog
     ) -> None:
-        found = workspace.artifact(spec)
-        if found is None:
-            await sink.write(f"kiln: artifact {spec.path} not found\n".encode())
-            return
         upload = self.services.storage.upload(limit=self.services.settings.max_object_size)
         try:
-            with found.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    await upload.write(chunk)
+            async for chunk in workspace.artifact(spec):
+                await upload.write(chunk)
             stored = await upload.commit()
+        except ArtifactMissing as missing:
+            await upload.abort()
+            await sink.write(f"kiln: artifact {spec.path} not found: {missing}\n".encode())
+            return
         except TooLarge:
             await upload.abort()
             await sink.write(f"kiln: artifact {spec.path} is too large to keep\n".encode())
@@ -402,14 +416,51 @@ async def sweep_workspaces(services: Services) -> None:
 
     for name in sorted(settings.enabled_drivers):
         try:
-            driver = registry.get(
-                name, root=workspace_root(services), kill_grace=settings.kill_grace_seconds
-            )
+            driver = registry.get(name, driver_settings(settings))
         except (LookupError, NotImplementedError):
             continue
         for left in await driver.sweep(running):
             log.warning("could not remove %s, left by a finished build; retrying later", left)
 
 
-def workspace_root(services: Services) -> Path:
-    return services.settings.data_dir / "workspaces"
+def driver_settings(settings: Settings) -> DriverSettings:
+    data_dir = settings.data_dir.resolve()
+    # One name per deployment (its database), on what it leaves on a shared Docker Engine.
+    instance = hashlib.sha256(settings.resolved_database_url.encode()).hexdigest()[:12]
+    return DriverSettings(
+        root=data_dir / "workspaces",
+        kill_grace=settings.kill_grace_seconds,
+        instance=instance,
+        nice=settings.worker_nice,
+        hidden=(data_dir,),
+        local_confined=not settings.local_driver_unconfined,
+        local_network=settings.local_driver_network,
+        docker_host=settings.docker_host,
+        docker_network=settings.docker_network,
+        docker_pull=settings.docker_pull,
+        memory_bytes=settings.job_memory_mb * 1024 * 1024,
+        cpus=settings.job_cpus,
+        pids=settings.job_pids,
+        git_protocols=build_targets.git_protocols(allow_local=settings.sources_allow_local),
+    )
+
+
+async def reachable(plan: BuildPlan, settings: Settings) -> BuildPlan:
+    """`plan` once its sources and ssh host have been resolved to addresses builds may
+    reach (kiln.domain.build_targets); the ssh driver then connects to the address
+    approved here, not to what the name resolves to a moment later."""
+    allow = settings.builds_allow_private
+    try:
+        for source in plan.sources:
+            remote = build_targets.source_remote(source.url)
+            if remote is not None:
+                await build_targets.resolve_remote(remote, allow_private=allow, what=source.url)
+        address = plan.target.address
+        if address is None:
+            return plan
+        remote = build_targets.ssh_address(address)
+        found = await build_targets.resolve_remote(remote, allow_private=allow, what=address)
+    except TargetRefused as refused:
+        raise PreparationFailed(str(refused)) from None
+    host = f"[{found}]" if found.version == 6 else str(found)
+    return replace(plan, target=replace(plan.target, address=f"{host}:{remote.port}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,20 @@ class Settings(BaseSettings):
     scheduler: bool = True
     deliveries: bool = True
     drivers: str = "local"  # the driver types this deployment runs, comma-separated
+    # Where builds run. Every job of the local driver is confined (bubblewrap) unless the
+    # operator of a single-user install turns that off.
+    local_driver_unconfined: bool = False
+    local_driver_network: Literal["none", "host"] = "none"
+    docker_host: str | None = None  # unix:///var/run/docker.sock, tcp://...; None: DOCKER_HOST
+    docker_network: str = "bridge"
+    docker_pull: Literal["if-not-present", "always", "never"] = "if-not-present"
+    job_memory_mb: int = Field(default=2048, ge=16)  # per docker container
+    job_cpus: float = Field(default=1.0, gt=0)
+    job_pids: int = Field(default=512, ge=16)
+    # Source URLs and ssh driver addresses are chosen by whoever submits a build: local
+    # paths and file:// would read the server's disk, and private addresses its network.
+    sources_allow_local: bool = False
+    builds_allow_private: bool = False
     build_timeout: str = "1h"  # for manifests that name none
     max_build_timeout: str = "24h"
     poll_interval: float = Field(default=0.25, gt=0)  # seconds between looks at the queues

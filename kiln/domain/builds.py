@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from kiln.core.config import Settings
 from kiln.core.principal import Principal
 from kiln.core.problems import FieldError, Problem
-from kiln.domain import access, manifest, namespaces, resources
+from kiln.domain import access, build_targets, manifest, namespaces, resources
 from kiln.domain.manifest import Manifest, Placement
 from kiln.store.db import session, utcnow
 from models import (
@@ -38,7 +38,7 @@ from models import (
     owner_key,
 )
 
-IMPLEMENTED_DRIVERS = {"local"}
+IMPLEMENTED_DRIVERS = {"local", "docker", "ssh"}
 TERMINAL = ("passed", "passed_with_failures", "failed", "killed", "timed_out")
 REASON_LENGTH = 64  # of the builds.reason column, and in the contract
 
@@ -91,12 +91,16 @@ def check(
         else:
             objects.append((placement, found))
     keys = []
-    for i, name in enumerate(parsed.keys):
+    wanted = [(f"{root}/keys/{i}", name) for i, name in enumerate(parsed.keys)]
+    if parsed.driver.key is not None and parsed.driver.key not in parsed.keys:
+        wanted.append((f"{root}/driver/key", parsed.driver.key))  # to log in with, not for jobs
+    for pointer, name in wanted:
         key = _named(SshKey, SshKey.name, name, principal, namespace_id)
         if key is None:
-            errors.append(_missing(f"{root}/keys/{i}", f"No SSH key {name}."))
+            errors.append(_missing(pointer, f"No SSH key {name}."))
         else:
             keys.append(key)
+    errors += _unreachable(parsed, settings, root)
     if errors:
         raise Problem("manifest_refused", _summary(errors), errors=errors)
     return Checked(parsed, namespace_id, timeout, objects, keys)
@@ -182,6 +186,26 @@ def submit(
         )
     db.flush()
     return build
+
+
+def _unreachable(parsed: Manifest, settings: Settings, root: str) -> list[FieldError]:
+    """Sources and hosts this server does not let builds reach (kiln.domain.build_targets)."""
+    errors = []
+    for i, source in enumerate(manifest.sources(parsed)):
+        said = build_targets.source_refusal(
+            source.url,
+            allow_local=settings.sources_allow_local,
+            allow_private=settings.builds_allow_private,
+        )
+        if said is not None:
+            errors.append(FieldError("not_allowed", said, pointer=f"{root}/sources/{i}"))
+    if parsed.driver.address is not None:
+        said = build_targets.ssh_refusal(
+            parsed.driver.address, allow_private=settings.builds_allow_private
+        )
+        if said is not None:
+            errors.append(FieldError("not_allowed", said, pointer=f"{root}/driver/address"))
+    return errors
 
 
 def _refused(pointer: str, detail: str) -> Problem:

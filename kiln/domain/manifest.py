@@ -19,7 +19,6 @@ from kiln.core.problems import FieldError, validation_failed
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32  # collections in collections; a real manifest needs 4
 DRIVER_TYPES = ("local", "docker", "qemu", "ssh")
-NEEDS_IMAGE = ("docker", "qemu")
 ARROW = "=>"
 
 
@@ -48,9 +47,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Image = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")]
+AbsolutePath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9._/-]{0,254}$")]
+Address = Annotated[
+    str, StringConstraints(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(:\d{1,5})?$")
+]
+RemoteUser = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")]
+HostKey = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9@.-]{1,64} [A-Za-z0-9+/]{1,8192}={0,3}( .{0,200})?$"),
+    NoNul,
+]
+
+# Which `driver:` fields each type takes, and which of them it needs.
+DRIVER_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    "local": (set(), set()),
+    "docker": ({"image", "workspace"}, {"image"}),
+    "qemu": ({"image", "memory", "cpus"}, {"image"}),
+    "ssh": ({"address", "user", "key", "host_key"}, {"address", "user", "key", "host_key"}),
+}
+
+
 class DriverSpec(_Strict):
     type: Literal["local", "docker", "qemu", "ssh"]
-    image: Annotated[str, StringConstraints(min_length=1, max_length=255), NoNul] | None = None
+    image: Image | None = None
+    workspace: AbsolutePath | None = None
+    address: Address | None = None
+    user: RemoteUser | None = None
+    key: Name | None = None
+    host_key: HostKey | None = None
+    memory: Annotated[int, Field(ge=64, le=1024 * 1024)] | None = None
+    cpus: Annotated[int, Field(ge=1, le=64)] | None = None
 
 
 class JobSpec(_Strict):
@@ -262,10 +289,34 @@ def _consistency(manifest: Manifest, root: str) -> Iterable[FieldError]:
             yield FieldError(
                 "invalid", "A source is `url [ref] [=> directory]`.", f"{root}/sources/{i}"
             )
-    if manifest.driver.type in NEEDS_IMAGE and manifest.driver.image is None:
+    yield from _driver_fields(manifest.driver, f"{root}/driver")
+    for i, placement in enumerate(placements(manifest)):
+        if placement.destination and workspace_relative(placement.destination) is None:
+            yield FieldError(
+                "outside_workspace",
+                f"{placement.destination} is outside the workspace.",
+                f"{root}/objects/{i}",
+            )
+
+
+def _driver_fields(driver: DriverSpec, root: str) -> Iterable[FieldError]:
+    allowed, required = DRIVER_FIELDS[driver.type]
+    given = {name for name in driver.model_fields_set if name != "type"}
+    for name in sorted(required - given):
+        yield FieldError("required", f"The {driver.type} driver needs {name}.", f"{root}/{name}")
+    for name in sorted(given - allowed):
         yield FieldError(
-            "required", f"The {manifest.driver.type} driver needs an image.", f"{root}/driver/image"
+            "unknown_field", f"The {driver.type} driver takes no {name}.", f"{root}/{name}"
         )
+
+
+def workspace_relative(destination: str) -> str | None:
+    """Where an object placed at `destination` goes, relative to the workspace: an
+    absolute path is taken from the workspace's top. None if it would leave it (`..`)."""
+    parts = [part for part in destination.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
 
 
 _CODES = {

@@ -99,14 +99,14 @@ async def check(url: str, *, allow_private: bool, allow_http: bool) -> Target:
     return Target(url, host, tuple(addresses))
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
+async def resolve(host: str, port: int, what: str = "payload_url") -> list[IPAddress]:
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
     if not _ASCII_NAME.fullmatch(host):
         raise TargetRefused(
-            "payload_url's host must be an IP address or a name in ASCII letters, digits,"
+            f"{what}'s host must be an IP address or a name in ASCII letters, digits,"
             " '-' and '.' (an internationalized name in its xn-- form)."
         )
     try:
@@ -114,7 +114,7 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     except (OSError, TimeoutError, UnicodeError):
         found = []
     if not found:
-        raise TargetRefused(f"payload_url's host {host} does not resolve.")
+        raise TargetRefused(f"{what}'s host {host} does not resolve.")
     return found
 
 

@@ -5,15 +5,20 @@ Kiln but `kiln.core`.
 A driver prepares a workspace for a build (sources cloned, files placed, SSH keys
 installed); the workspace then runs the build's jobs one at a time, hands out their
 artifacts and is finally closed, which removes it. The worker never sees how: the
-`local` driver runs jobs as processes on the worker's own machine, the others (docker,
-qemu, ssh) are part of the interface but not implemented in this deployment.
+`local` driver runs jobs as confined processes on the worker's own machine, `docker` in
+containers on a Docker Engine, `ssh` on a machine the user names; `qemu` is part of the
+interface but not implemented in this deployment.
+
+Everything in a plan but the settings comes from a manifest, so from someone who may be
+hostile: a driver treats every path, name and address in it as chosen by an attacker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -29,7 +34,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class PlacedFile:
     source: Path  # a local file holding an object's bytes (never modify it: copy it)
-    destination: str  # absolute path, or relative to the workspace
+    destination: str  # relative to the workspace, normalised: no `..`, not absolute
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,18 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where the manifest's `driver:` says to run, beyond its type."""
+
+    image: str | None = None  # docker, qemu
+    workspace: str | None = None  # docker: where the workspace volume is mounted
+    address: str | None = None  # ssh: host[:port]
+    user: str | None = None  # ssh: the remote user
+    login_key: KeySpec | None = None  # ssh: the user's key to log in with, decrypted
+    host_key: str | None = None  # ssh: "ssh-ed25519 AAAA...", which the host must present
+
+
+@dataclass(frozen=True)
 class BuildPlan:
     build_id: int
     env: dict[str, str]  # manifest env and variables, already merged
@@ -60,7 +77,28 @@ class BuildPlan:
     sources: list[SourceSpec]
     files: list[PlacedFile]
     keys: list[KeySpec]
-    image: str | None  # for docker/qemu; None for local
+    target: Target = Target()
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """What the operator decided, the same for every build (from kiln.core.config)."""
+
+    root: Path  # a directory of the worker's own for workspaces and local state
+    kill_grace: float  # seconds between SIGTERM and SIGKILL
+    instance: str = "kiln"  # this deployment's name, on what it leaves on shared engines
+    nice: int = 0  # local jobs run at this niceness at least
+    hidden: tuple[Path, ...] = ()  # what a confined local job must never see (the data dir)
+    local_confined: bool = True
+    local_network: Literal["none", "host"] = "none"
+    docker_host: str | None = None  # None: DOCKER_HOST, or the local socket
+    docker_network: str = "bridge"
+    docker_pull: Literal["if-not-present", "always", "never"] = "if-not-present"
+    memory_bytes: int = 2 * 1024**3  # per container
+    cpus: float = 1.0
+    pids: int = 512
+    ssh_connect_timeout: float = 15.0
+    git_protocols: str = "https:http:ssh:git"  # GIT_ALLOW_PROTOCOL for every clone
 
 
 class Output(Protocol):
@@ -84,12 +122,16 @@ class Stop:
     deadline: float  # time.monotonic() value past which the build has timed out
 
 
+class ArtifactMissing(Exception):
+    """No regular file at the artifact's path inside the workspace; the message says why."""
+
+
 class Workspace(Protocol):
     async def run_job(self, job: JobSpec, output: Output, stop: Stop) -> JobResult: ...
 
-    def artifact(self, spec: ArtifactSpec) -> Path | None:
-        """The regular file, or None if missing, not a regular file, or outside the workspace
-        (symlinks resolved)."""
+    def artifact(self, spec: ArtifactSpec) -> AsyncIterator[bytes]:
+        """The artifact's bytes, in chunks. Raises ArtifactMissing (before the first chunk)
+        if it is missing, not a regular file, or outside the workspace (links resolved)."""
         ...
 
     async def close(self) -> None:
@@ -123,6 +165,25 @@ class PreparationStopped(PreparationFailed):
     def __init__(self, status: StopStatus, message: str) -> None:
         super().__init__(message)
         self.status: StopStatus = status
+
+
+def stop_reason(stop: Stop) -> StopStatus | None:
+    """Why the build must stop now, or None while it may go on."""
+    if stop.killed.is_set():
+        return "killed"
+    if time.monotonic() >= stop.deadline:
+        return "timed_out"
+    return None
+
+
+def check_stop(stop: Stop, what: str) -> None:
+    if (reason := stop_reason(stop)) is not None:
+        raise stopped_during(reason, what)
+
+
+def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
+    verb = "killed" if reason == "killed" else "timed out"
+    return PreparationStopped(reason, f"build {verb} during {what}")
 
 
 def niceness_increment(nice: int) -> int:

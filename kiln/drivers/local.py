@@ -2,16 +2,25 @@
 
 Each build gets a directory under the driver's root holding `work/` (the jobs' working
 directory, "the workspace"), `home/` (a private $HOME) and `tmp/` ($TMPDIR). Commands
-run as `/bin/sh -c <command>` in their own process group, with an environment built
-from scratch so that nothing of the worker's (its secrets least of all) leaks into a
-job. A command's output goes through a pipe that Kiln owns, so that neither waiting for
-the command nor reading its output depends on background processes it left behind.
+run as `/bin/sh -c <command>`, confined (kiln.drivers.sandbox: namespaces of their own,
+an unprivileged user, nothing of the host but its programs) unless the operator turned
+that off for a single-user install; where confinement cannot be set up, builds fail
+saying why rather than run unconfined. The environment is built from scratch so that
+nothing of the worker's (its secrets least of all) leaks into a job. A command's output
+goes through a pipe that Kiln owns, so that neither waiting for the command nor reading
+its output depends on background processes it left behind.
+
+The worker writes into the workspace (keys, objects) as itself, after a job's user has
+had the chance to put links there (a cloned repository may hold any), so every write
+walks the path without following links, and artifacts are read only when they resolve
+inside the workspace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -23,27 +32,35 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from kiln.core.readiness import readable
+from kiln.drivers import sandbox
 from kiln.drivers.base import (
+    ArtifactMissing,
     ArtifactSpec,
     BuildPlan,
+    DriverSettings,
     JobResult,
     JobSpec,
     KeySpec,
     Output,
     PlacedFile,
     PreparationFailed,
-    PreparationStopped,
     RunningFilter,
     SourceSpec,
     Stop,
     StopStatus,
+    Workspace,
+    check_stop,
     niceness_increment,
+    stop_reason,
+    stopped_during,
 )
+from kiln.drivers.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
@@ -52,15 +69,6 @@ WORKSPACE_NAME = re.compile(r"build-(\d+)-\w+")  # as prepare() names them
 DRAIN_TIMEOUT = 2.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SHELL = "/bin/sh"
-
-
-def stop_reason(stop: Stop) -> StopStatus | None:
-    """Why the build must stop now, or None while it may go on."""
-    if stop.killed.is_set():
-        return "killed"
-    if time.monotonic() >= stop.deadline:
-        return "timed_out"
-    return None
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,9 @@ class Exit:
 
 
 class LocalDriver:
-    def __init__(self, *, root: Path, kill_grace: float, nice: int = 0) -> None:
-        self.root = root
-        self.kill_grace = kill_grace
-        self.nice = nice
+    def __init__(self, settings: DriverSettings) -> None:
+        self.settings = settings
+        self.root = settings.root
 
     async def sweep(self, still_running: RunningFilter) -> list[str]:
         found = await asyncio.to_thread(self._workspaces)
@@ -98,11 +105,17 @@ class LocalDriver:
             if (match := WORKSPACE_NAME.fullmatch(path.name)) is not None
         }
 
-    async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> LocalWorkspace:
+    async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> Workspace:
+        if self.settings.local_confined and (why := await asyncio.to_thread(sandbox.probe)):
+            raise PreparationFailed(
+                f"the local driver cannot confine jobs on this host: {why}. To fix it,"
+                f" {sandbox.HOW_TO_FIX}"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         path = Path(tempfile.mkdtemp(prefix=f"build-{plan.build_id}-", dir=self.root))
         try:
-            workspace = LocalWorkspace(path, plan, self.kill_grace, self.nice)
+            workspace = LocalWorkspace(path, plan, self.settings)
             await workspace.prepare(plan, output, stop)
         except BaseException:
             await asyncio.to_thread(remove_tree, path)
@@ -111,27 +124,39 @@ class LocalDriver:
 
 
 class LocalWorkspace:
-    def __init__(self, path: Path, plan: BuildPlan, kill_grace: float, nice: int) -> None:
+    def __init__(self, path: Path, plan: BuildPlan, settings: DriverSettings) -> None:
         self.path = path
         self.work = path / "work"
         self.home = path / "home"
         self.tmp = path / "tmp"
         for directory in (self.work, self.home, self.tmp):
             directory.mkdir(mode=0o700)
-        self.kill_grace = kill_grace
-        self.nice = nice
-        self._base_env = base_env(plan, home=self.home, tmp=self.tmp)
+        self.kill_grace = settings.kill_grace
+        self.nice = settings.nice
+        self.git_protocols = settings.git_protocols
+        self.sandbox: Sandbox | None = None
+        home, tmp = self.home, self.tmp
+        if settings.local_confined:
+            self.sandbox = Sandbox(path, settings.hidden, settings.local_network == "host")
+            home, tmp = sandbox.HOME, sandbox.TMP
+        self._base_env = base_env(plan, home=home, tmp=tmp, user=self.sandbox is None)
         self._plan_env = plan.env
 
     async def prepare(self, plan: BuildPlan, output: Output, stop: Stop) -> None:
         # Keys first, so that private sources can be cloned over SSH with them.
         for key in plan.keys:
             await asyncio.to_thread(install_key, self.home / ".ssh", key)
+        await self._hand_over()
         for source in plan.sources:
             await self._clone(source, output, stop)
         for placed in plan.files:
             check_stop(stop, f"placing {placed.destination}")
             await asyncio.to_thread(place_file, self.work, placed)
+        await self._hand_over()
+
+    async def _hand_over(self) -> None:
+        if self.sandbox is not None:
+            await asyncio.to_thread(sandbox.hand_over, self.path)
 
     async def run_job(self, job: JobSpec, output: Output, stop: Stop) -> JobResult:
         env = {**self._base_env, "KILN_JOB_NAME": job.name, **self._plan_env}
@@ -153,15 +178,13 @@ class LocalWorkspace:
                 return JobResult("failed", code)
         return JobResult("passed", code)
 
-    def artifact(self, spec: ArtifactSpec) -> Path | None:
-        work = self.work.resolve()
-        try:
-            path = (work / spec.path).resolve(strict=True)
-        except (OSError, RuntimeError):  # missing, or a symlink loop
-            return None
-        if not path.is_relative_to(work) or not path.is_file():
-            return None
-        return path
+    async def artifact(self, spec: ArtifactSpec) -> AsyncIterator[bytes]:
+        # Every process of the job is gone by now, so nothing can swap a link in
+        # between this check and the read.
+        path = artifact_path(self.work, spec)
+        with path.open("rb") as file:
+            while chunk := await asyncio.to_thread(file.read, CHUNK):
+                yield chunk
 
     async def close(self) -> None:
         if not await asyncio.to_thread(remove_tree, self.path):
@@ -169,25 +192,49 @@ class LocalWorkspace:
 
     async def _clone(self, source: SourceSpec, output: Output, stop: Stop) -> None:
         directory = clone_directory(source)
-        env = {**self._base_env, **self._plan_env, "GIT_TERMINAL_PROMPT": "0"}
+        env = {
+            **self._base_env,
+            **self._plan_env,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": self.git_protocols,
+        }
         url = display_url(source.url)
         await output.write(f"kiln: cloning {url}\n".encode())
         clone = ["git", "clone", "--quiet", "--", source.url, directory]
-        await self._git(clone, env, output, stop, f"git clone of {url}")
+        local = local_source(source.url)
+        trusting = self.tmp / ".kiln-clone-gitconfig"
+        if local and self.sandbox is not None:
+            # The job's user does not own the repository, which git refuses; and for a
+            # local clone git drops config given on its command line or environment.
+            await asyncio.to_thread(trusting.write_text, "[safe]\n\tdirectory = *\n")
+            env["GIT_CONFIG_GLOBAL"] = str(sandbox.TMP / trusting.name)
+        try:
+            await self._git(clone, env, output, stop, f"git clone of {url}", local)
+        finally:
+            trusting.unlink(missing_ok=True)
+        env.pop("GIT_CONFIG_GLOBAL", None)
         if source.ref is None:
             return
         if source.ref.startswith("-"):
             raise PreparationFailed(f"cannot check out {source.ref!r}: not a ref")
         await output.write(f"kiln: checking out {source.ref}\n".encode())
         checkout = ["git", "-C", directory, "checkout", "--quiet", source.ref]
-        await self._git(checkout, env, output, stop, f"git checkout of {source.ref} in {directory}")
+        what = f"git checkout of {source.ref} in {directory}"
+        await self._git(checkout, env, output, stop, what, local)
 
     async def _git(
-        self, argv: list[str], env: dict[str, str], output: Output, stop: Stop, what: str
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        output: Output,
+        stop: Stop,
+        what: str,
+        readable: list[Path],
     ) -> None:
         check_stop(stop, what)
         try:
-            result = await self._run(argv, env, output, stop)
+            # Clones reach the network: their URLs were checked before the build ran.
+            result = await self._run(argv, env, output, stop, network=True, readable=readable)
         except NotStarted as exc:
             raise PreparationFailed(f"{what} failed: cannot run {argv[0]}: {exc}") from None
         if result.stopped is not None:
@@ -195,7 +242,19 @@ class LocalWorkspace:
         if result.code != 0:
             raise PreparationFailed(f"{what} failed (exit {result.code})")
 
-    async def _run(self, argv: list[str], env: dict[str, str], output: Output, stop: Stop) -> Exit:
+    async def _run(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        output: Output,
+        stop: Stop,
+        *,
+        network: bool | None = None,
+        readable: Sequence[Path] = (),
+    ) -> Exit:
+        confined = self.sandbox is not None
+        if self.sandbox is not None:
+            argv = self.sandbox.argv(argv, network=network, readable=readable)
         return await run_process(
             at_niceness(argv, self.nice),
             cwd=self.work,
@@ -203,16 +262,19 @@ class LocalWorkspace:
             output=output,
             stop=stop,
             kill_grace=self.kill_grace,
+            # A signal to bwrap ends the whole sandbox at once: ask the job itself first.
+            graceful=sandbox.inner_groups if confined else lambda pid: [pid],
         )
 
 
 # Preparation
 
 
-def base_env(plan: BuildPlan, *, home: Path, tmp: Path) -> dict[str, str]:
-    """The environment every process of the build starts from (before `plan.env`)."""
+def base_env(plan: BuildPlan, *, home: Path, tmp: Path, user: bool = True) -> dict[str, str]:
+    """The environment every process of the build starts from (before `plan.env`);
+    `user`: name the worker's user in it (not for confined jobs, which run as another)."""
     env = {
-        "PATH": os.environ.get("PATH") or DEFAULT_PATH,
+        "PATH": DEFAULT_PATH if not user else os.environ.get("PATH") or DEFAULT_PATH,
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "TMPDIR": str(tmp),
@@ -220,9 +282,9 @@ def base_env(plan: BuildPlan, *, home: Path, tmp: Path) -> dict[str, str]:
         "KILN": "true",
         "KILN_BUILD_ID": str(plan.build_id),
     }
-    user = current_user()
-    if user is not None:
-        env["USER"] = env["LOGNAME"] = user
+    name = current_user() if user else "nobody"
+    if name is not None:
+        env["USER"] = env["LOGNAME"] = name
     if plan.keys:
         env["GIT_SSH_COMMAND"] = ssh_command(home / ".ssh", plan.keys)
     return env
@@ -272,15 +334,66 @@ def default_directory(url: str) -> str:
 
 
 def place_file(work: Path, placed: PlacedFile) -> None:
-    destination = work / placed.destination  # an absolute destination stays absolute
+    """Copy the object to its destination inside `work`, following no link on the way:
+    a cloned repository may hold `conf -> /etc`, and Kiln writes as itself."""
+    parts = Path(placed.destination).parts
+    if not parts or Path(placed.destination).is_absolute() or ".." in parts:
+        raise PreparationFailed(
+            f"cannot place a file at {placed.destination!r}: outside the workspace"
+        )
+    directory = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(placed.source, destination)
+        for name in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=directory)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        target = os.open(parts[-1], flags, 0o644, dir_fd=directory)
+        with open(target, "wb") as out, placed.source.open("rb") as source:
+            shutil.copyfileobj(source, out, CHUNK)
     except OSError as error:
-        raise PreparationFailed(f"placing a file at {placed.destination} failed: {error}") from None
+        said = error.strerror or str(error)
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            said = "a link or a file is in the way"
+        raise PreparationFailed(f"placing a file at {placed.destination} failed: {said}") from None
+    finally:
+        os.close(directory)
+
+
+def artifact_path(work: Path, spec: ArtifactSpec) -> Path:
+    """The artifact's regular file, links resolved; ArtifactMissing if there is none
+    inside `work`."""
+    top = work.resolve()
+    try:
+        path = (top / spec.path).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        raise ArtifactMissing("no such file") from None
+    if not path.is_relative_to(top):
+        raise ArtifactMissing("it leads outside the workspace")
+    if not path.is_file():
+        raise ArtifactMissing("not a regular file")
+    return path
+
+
+def local_source(url: str) -> list[Path]:
+    """The host directory a local source (a path or file:// URL) is cloned from, which a
+    confined clone must be able to read; none for remote sources."""
+    if url.startswith("file://"):
+        path = Path(urlsplit(url).path)
+    elif "://" in url or not url.startswith("/"):
+        return []
+    else:
+        path = Path(url)
+    try:
+        return [path.resolve(strict=True)]
+    except (OSError, RuntimeError):
+        return []
 
 
 def install_key(ssh_dir: Path, key: KeySpec) -> None:
+    # Only ever called before any job or clone ran, so nothing in `home/` is a link yet.
     if not key.name or "/" in key.name or key.name in (".", ".."):
         raise PreparationFailed(f"invalid SSH key file name {key.name!r}")
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -300,16 +413,6 @@ def write_private(path: Path, text: str, *, append: bool) -> None:
 
 def with_newline(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
-
-
-def check_stop(stop: Stop, what: str) -> None:
-    if (reason := stop_reason(stop)) is not None:
-        raise stopped_during(reason, what)
-
-
-def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
-    verb = "killed" if reason == "killed" else "timed out"
-    return PreparationStopped(reason, f"build {verb} during {what}")
 
 
 def remove_tree(path: Path) -> bool:
@@ -386,10 +489,12 @@ async def run_process(
     output: Output,
     stop: Stop,
     kill_grace: float,
+    graceful: Callable[[int], list[int]] = lambda pid: [pid],
 ) -> Exit:
     """Runs `argv` in its own process group, streaming its output until it exits or
     `stop` says it must be stopped; leaves nothing of its process group behind. Raises
-    NotStarted if it cannot be started."""
+    NotStarted if it cannot be started. To stop it, the process groups `graceful` names
+    for its pid get SIGTERM first, then its own group SIGKILL after `kill_grace`."""
     if (reason := stop_reason(stop)) is not None:
         return Exit(None, reason)
     try:
@@ -418,7 +523,7 @@ async def run_process(
     try:
         reason = await wait_for_exit(process, stop)
         if reason is not None:
-            await terminate(process, kill_grace)
+            await terminate(process, kill_grace, graceful(process.pid))
     finally:
         kill_group(process.pid)  # whatever the command left running in the background
         returncode = await process.wait()
@@ -462,9 +567,12 @@ async def wait_for_exit(process: asyncio.subprocess.Process, stop: Stop) -> Stop
     return "killed" if stop.killed.is_set() else "timed_out"
 
 
-async def terminate(process: asyncio.subprocess.Process, kill_grace: float) -> None:
-    """SIGTERM to the process group; SIGKILL if the process outlives `kill_grace`."""
-    signal_group(process.pid, signal.SIGTERM)
+async def terminate(
+    process: asyncio.subprocess.Process, kill_grace: float, groups: list[int]
+) -> None:
+    """SIGTERM to `groups`; SIGKILL to the process's group if it outlives `kill_grace`."""
+    for group in groups:
+        signal_group(group, signal.SIGTERM)
     try:
         await asyncio.wait_for(process.wait(), kill_grace)
     except TimeoutError:

@@ -6,24 +6,30 @@ which class serves which name.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from kiln.drivers.base import Driver
-from kiln.drivers.local import LocalDriver
+from kiln.drivers.base import Driver, DriverSettings
 
 KNOWN_DRIVERS = ("local", "docker", "qemu", "ssh")
+IMPLEMENTED_DRIVERS = ("local", "docker", "ssh")
 
 
-def get(name: str, *, root: Path, kill_grace: float, nice: int = 0) -> Driver:
-    """The driver for `name`. `root` is where workspaces are made (the caller passes
-    <data dir>/workspaces); jobs run at niceness `nice` at least.
+def get(name: str, settings: DriverSettings) -> Driver:
+    """The driver for `name`.
 
-    Raises LookupError for names not in KNOWN_DRIVERS and NotImplementedError for
-    docker/qemu/ssh (they exist in the interface but are not implemented in this
-    deployment yet).
+    Raises LookupError for names not in KNOWN_DRIVERS and NotImplementedError for qemu
+    (it is part of the interface but not implemented in this deployment yet).
     """
     if name not in KNOWN_DRIVERS:
         raise LookupError(f"unknown driver {name!r}")
-    if name != "local":
-        raise NotImplementedError(f"the {name} driver is not implemented in this deployment")
-    return LocalDriver(root=root, kill_grace=kill_grace, nice=nice)
+    if name == "local":
+        from kiln.drivers.local import LocalDriver
+
+        return LocalDriver(settings)
+    if name == "docker":
+        from kiln.drivers.docker import DockerDriver
+
+        return DockerDriver(settings)
+    if name == "ssh":
+        from kiln.drivers.ssh import SshDriver
+
+        return SshDriver(settings)
+    raise NotImplementedError(f"the {name} driver is not implemented in this deployment")
