@@ -324,6 +324,15 @@ def test_background_processes_an_unconfined_job_leaves_are_killed(tmp_path: Path
     assert wait_gone(int(pidfile.read_text()))
 
 
+def test_a_command_that_cannot_be_started_fails_its_job_and_says_why(tmp_path: Path) -> None:
+    # Unconfined: a confined job cannot remove its own working directory (a mount point).
+    result, output = run_commands(tmp_path, 'rm -rf "$PWD"', "true", confined=False)
+    assert result.status == "failed"
+    assert result.not_started is not None
+    assert result.not_started.startswith("cannot run /bin/sh: No such file or directory")
+    assert "kiln: cannot run /bin/sh: No such file or directory" in output.text
+
+
 def test_a_command_killed_by_a_signal_fails_like_in_a_shell(tmp_path: Path) -> None:
     result, _ = run_commands(tmp_path, "kill -9 $$")
     assert result == JobResult("failed", 137)

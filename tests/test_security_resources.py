@@ -223,20 +223,6 @@ def test_a_job_path_without_programs_does_not_stop_kiln_starting_the_job(
     )
 
 
-def test_a_command_that_cannot_be_started_fails_its_job_and_says_why(
-    client: httpx.Client, alice: Account
-) -> None:
-    text = (
-        "driver: {type: local}\nstages: [test]\njobs:\n"
-        '- stage: test\n  commands: [\'rm -rf "$PWD"\', "true"]\n'
-    )
-    build, output = build_of(client, alice, text)
-    assert "kiln: cannot run /bin/sh: No such file or directory" in output
-    assert build["status"] == "failed"
-    assert build["reason"].startswith("command_not_started: test.1: cannot run /bin/sh")
-    assert build["_embedded"]["jobs"][0]["status"] == "failed"
-
-
 def test_a_job_path_without_git_fails_preparation_and_says_why(
     client: httpx.Client, alice: Account, tmp_path: Path
 ) -> None:

@@ -1,0 +1,268 @@
+"""A build is hostile code: one manifest of attacks, submitted through the API by a user
+with nothing but `build:write`-like rights, run on every driver, each attack failing.
+
+Each attack is a job of an allowed-to-fail stage that succeeds only if the attack
+worked, so the build's jobs say which attacks got through. The same manifest on the
+local driver started `--local-driver-unconfined` is the control: there the attacks on
+the host succeed, which shows that each check can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import (
+    Account,
+    RunningServer,
+    isolated_database,
+    make_account,
+    server_settings,
+    wait_for_build,
+)
+
+B = "/api/v1/builds"
+SLEEP = f"{4000 + os.getpid() % 1000}.{time.monotonic_ns() % 997}"  # a daemon to look for
+
+
+def serve(factory: pytest.TempPathFactory, name: str, **settings: Any) -> Iterator[RunningServer]:
+    """A server with a database of its own: a worker of another would run its builds."""
+    shared = os.environ.get("KILN_TEST_DATABASE_URL", "sqlite://")
+    database = isolated_database(shared, factory.mktemp(f"{name}-db"), name)
+    data = factory.mktemp(f"{name}-data")
+    with RunningServer(server_settings(data, database, **settings)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def confined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from serve(tmp_path_factory, "confined", drivers="local")
+
+
+@pytest.fixture(scope="module")
+def unconfined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from serve(tmp_path_factory, "unconfined", drivers="local", local_driver_unconfined=True)
+
+
+def user(server: RunningServer) -> Account:
+    url = server.settings.database_url
+    assert url is not None
+    return make_account(url, prefix="bob")
+
+
+def attacks(server: RunningServer, *, loopback: bool = True) -> dict[str, str]:
+    """Job name: a command that succeeds only if the attack worked."""
+    data = server.settings.data_dir.resolve()
+    pid = os.getpid()  # the server runs in this process
+    found = {
+        "secret_key": f"cat {data}/secret.key",
+        "tls_key": f"cat {data}/key.pem",
+        "other_workspaces": f"ls {data}/workspaces",
+        "server_environ": f"cat /proc/{pid}/environ | tr '\\0' '\\n' | grep -q PATH",
+        "signal_server": f"kill -0 {pid}",
+    }
+    database = server.settings.resolved_database_url
+    if database.startswith("sqlite:///"):
+        found["database"] = f"head -c 15 {database.removeprefix('sqlite:///')}"
+    if loopback:
+        # A connection to the database port on the host's loopback.
+        found["loopback"] = "timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432'"
+    return found
+
+
+def hostile_manifest(driver: str, jobs: dict[str, str]) -> str:
+    lines = [f"driver: {driver}", "stages: [attack]", "allow_failures: [attack]", "jobs:"]
+    for name, command in jobs.items():
+        lines += ["- stage: attack", f"  name: {name}", f"  commands: [{command!r}]"]
+    return "\n".join(lines) + "\n"
+
+
+def run_attacks(
+    server: RunningServer, who: Account, driver: str, jobs: dict[str, str]
+) -> dict[str, str]:
+    """Each attack's job status."""
+    with server.client() as client:
+        submitted = client.post(
+            B, json={"manifest": hostile_manifest(driver, jobs)}, headers=who.auth
+        )
+        assert submitted.status_code == 202, submitted.text
+        build = wait_for_build(client, who.auth, submitted.json()["id"])
+    assert build["status"] in ("passed", "passed_with_failures"), build
+    return {job["name"]: job["status"] for job in build["_embedded"]["jobs"]}
+
+
+def daemons_left() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"sleep {SLEEP}" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+# Started by a job that then ends: it must not outlive the job.
+DAEMON = {"daemon": f"setsid sleep {SLEEP} >/dev/null 2>&1 </dev/null &"}
+
+
+def test_every_attack_fails_on_the_confined_local_driver(confined: RunningServer) -> None:
+    jobs = attacks(confined)
+    statuses = run_attacks(confined, user(confined), "{type: local}", jobs | DAEMON)
+    assert statuses == dict.fromkeys(jobs, "failed") | {"daemon": "passed"}
+    assert daemons_left() == []
+
+
+def test_the_attacks_work_on_the_unconfined_local_driver(unconfined: RunningServer) -> None:
+    jobs = attacks(unconfined)
+    try:
+        statuses = run_attacks(unconfined, user(unconfined), "{type: local}", jobs | DAEMON)
+        left = daemons_left()
+    finally:
+        for pid in daemons_left():
+            os.kill(pid, 9)
+    assert statuses == dict.fromkeys(jobs, "passed") | {"daemon": "passed"}
+    assert left != []  # `setsid` left the job's process group, which was all it killed
+
+
+def test_an_object_is_never_placed_outside_the_workspace(confined: RunningServer) -> None:
+    bob = user(confined)
+    outside = Path(f"/tmp/kiln-placed-{os.getpid()}-{time.monotonic_ns()}")
+    with confined.client() as client:
+        created = client.post(
+            "/api/v1/objects?name=payload",
+            content=b"payload\n",
+            headers={**bob.auth, "Content-Type": "application/octet-stream"},
+        )
+        assert created.status_code == 201, created.text
+        escaping = client.post(
+            B,
+            json={"manifest": placing("payload => ../../../escaped", "true")},
+            headers=bob.auth,
+        )
+        assert escaping.status_code == 400, escaping.text
+        assert escaping.json()["errors"][0]["pointer"] == "/manifest/objects/0"
+        assert escaping.json()["errors"][0]["code"] == "outside_workspace"
+        # An absolute destination is taken from the workspace's top.
+        absolute = client.post(
+            B,
+            json={"manifest": placing(f"payload => {outside}", f"cat .{outside}")},
+            headers=bob.auth,
+        )
+        assert absolute.status_code == 202, absolute.text
+        build = wait_for_build(client, bob.auth, absolute.json()["id"])
+        assert build["status"] == "passed", build
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        assert "payload" in client.get(href, headers=bob.auth).text
+    assert not outside.exists()
+
+
+def placing(entry: str, command: str) -> str:
+    return (
+        f"driver: {{type: local}}\nobjects: [{entry!r}]\nstages: [a]\n"
+        f"jobs:\n- {{stage: a, commands: [{command!r}]}}\n"
+    )
+
+
+def test_a_command_that_cannot_be_started_fails_its_build_and_says_why(
+    unconfined: RunningServer,
+) -> None:
+    # Unconfined only: a confined job cannot remove its own working directory.
+    bob = user(unconfined)
+    text = (
+        "driver: {type: local}\nstages: [test]\njobs:\n"
+        '- stage: test\n  commands: [\'rm -rf "$PWD"\', "true"]\n'
+    )
+    with unconfined.client() as client:
+        submitted = client.post(B, json={"manifest": text}, headers=bob.auth)
+        assert submitted.status_code == 202, submitted.text
+        build = wait_for_build(client, bob.auth, submitted.json()["id"])
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        output = client.get(href, headers=bob.auth).text
+    assert "kiln: cannot run /bin/sh: No such file or directory" in output
+    assert build["status"] == "failed"
+    assert build["reason"].startswith("command_not_started: test.1: cannot run /bin/sh")
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server as it is out of the box: no local sources, no private addresses."""
+    yield from serve(
+        tmp_path_factory,
+        "strict",
+        drivers="local,ssh",
+        sources_allow_local=False,
+        builds_allow_private=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("/etc", "on the server's own disk"),
+        ("file:///srv/git/app.git", "on the server's own disk"),
+        ("./relative", "on the server's own disk"),
+        ("ext::sh -c id", "git transport helper"),
+        ("fd::3", "git transport helper"),
+        ("ftp://example.com/app.git", "cannot be cloned over ftp://"),
+        ("http://127.0.0.1:6379/", "not a public address"),
+        ("https://169.254.169.254/latest", "not a public address"),
+        ("ssh://[::1]/app.git", "not a public address"),
+        ("git@10.0.0.1:app.git", "not a public address"),
+        ("--upload-pack=touch /tmp/x", "not a URL or path git can clone"),
+    ],
+)
+def test_sources_a_build_may_not_reach_are_refused(
+    strict: RunningServer, source: str, said: str
+) -> None:
+    text = (
+        f"driver: {{type: local}}\nsources: [{source!r}]\n"
+        "stages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
+    )
+    with strict.client() as client:
+        refused = client.post(B, json={"manifest": text}, headers=user(strict).auth)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["errors"][0]
+    assert error["pointer"] == "/manifest/sources/0"
+    assert error["code"] == "not_allowed"
+    assert said in error["detail"]
+
+
+def test_an_ssh_host_on_a_private_address_is_refused(strict: RunningServer) -> None:
+    bob = user(strict)
+    text = (
+        "driver: {type: ssh, address: '127.0.0.1:22', user: git, key: mine,"
+        " host_key: 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA'}\n"
+        "stages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
+    )
+    with strict.client() as client:
+        refused = client.post(B, json={"manifest": text}, headers=bob.auth)
+    assert refused.status_code == 422, refused.text
+    pointers = {e["pointer"]: e for e in refused.json()["errors"]}
+    assert pointers["/manifest/driver/address"]["code"] == "not_allowed"
+    assert pointers["/manifest/driver/key"]["code"] == "not_found"  # bob has no key `mine`
+
+
+def test_a_name_resolving_to_a_private_address_fails_the_build(strict: RunningServer) -> None:
+    # `localhost` passes the submission (a name), and is refused once resolved.
+    bob = user(strict)
+    text = (
+        "driver: {type: local}\nsources: ['https://localhost/app.git']\n"
+        "stages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
+    )
+    with strict.client() as client:
+        submitted = client.post(B, json={"manifest": text}, headers=bob.auth)
+        assert submitted.status_code == 202, submitted.text
+        build = wait_for_build(client, bob.auth, submitted.json()["id"])
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        output = client.get(href, headers=bob.auth).text
+    assert build["status"] == "failed"
+    assert build["reason"].startswith("preparation_failed: ")
+    assert "resolves to 127.0.0.1, which is not a public address" in output
