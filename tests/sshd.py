@@ -89,9 +89,9 @@ def login_user() -> pwd.struct_passwd:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(TEST_USER)
         # `*` rather than useradd's `!`: without PAM, sshd refuses a locked account.
+        useradd = ["useradd", "--system", "--create-home", "--shell", "/bin/bash"]
         subprocess.run(
-            ["useradd", "--system", "--create-home", "--shell", "/bin/bash"]
-            + ["--password", "*", TEST_USER],
+            [*useradd, "--password", "*", TEST_USER],
             check=True,
             capture_output=True,
         )
@@ -198,15 +198,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+# Named so that a test module imports `sshd_fixture` and its tests take `sshd`.
+@pytest.fixture(scope="session", name="sshd")
+def sshd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     sshd_available()
     with running_sshd(tmp_path_factory.mktemp("sshd")) as serving:
         yield serving
 
 
-@pytest.fixture
-def remote_tmp(sshd: Sshd) -> Iterator[Path]:
+@pytest.fixture(name="remote_tmp")
+def remote_tmp_fixture(sshd: Sshd) -> Iterator[Path]:
     """A directory of the login user's, on the "remote" machine (this one)."""
     path = Path(tempfile.mkdtemp(prefix="kiln-ssh-remote-"))
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.driver_site import Site, driver_site
 from tests.support import (
     Account,
     RunningServer,
@@ -55,7 +56,7 @@ def user(server: RunningServer) -> Account:
     return make_account(url, prefix="bob")
 
 
-def attacks(server: RunningServer, *, loopback: bool = True) -> dict[str, str]:
+def attacks(server: RunningServer, *, loopback: str | None = "bash") -> dict[str, str]:
     """Job name: a command that succeeds only if the attack worked."""
     data = server.settings.data_dir.resolve()
     pid = os.getpid()  # the server runs in this process
@@ -69,9 +70,11 @@ def attacks(server: RunningServer, *, loopback: bool = True) -> dict[str, str]:
     database = server.settings.resolved_database_url
     if database.startswith("sqlite:///"):
         found["database"] = f"head -c 15 {database.removeprefix('sqlite:///')}"
-    if loopback:
-        # A connection to the database port on the host's loopback.
+    # A connection to the database port on the host's loopback, with what the job has.
+    if loopback == "bash":
         found["loopback"] = "timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5432'"
+    elif loopback == "busybox":
+        found["loopback"] = "nc -w 5 127.0.0.1 5432 </dev/null"
     return found
 
 
@@ -109,6 +112,12 @@ def daemons_left() -> list[int]:
     return found
 
 
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with driver_site(tmp_path_factory, "hostile") as running:
+        yield running
+
+
 # Started by a job that then ends: it must not outlive the job.
 DAEMON = {"daemon": f"setsid sleep {SLEEP} >/dev/null 2>&1 </dev/null &"}
 
@@ -116,6 +125,15 @@ DAEMON = {"daemon": f"setsid sleep {SLEEP} >/dev/null 2>&1 </dev/null &"}
 def test_every_attack_fails_on_the_confined_local_driver(confined: RunningServer) -> None:
     jobs = attacks(confined)
     statuses = run_attacks(confined, user(confined), "{type: local}", jobs | DAEMON)
+    assert statuses == dict.fromkeys(jobs, "failed") | {"daemon": "passed"}
+    assert daemons_left() == []
+
+
+@pytest.mark.parametrize("driver", ["docker", "ssh"])
+def test_every_attack_fails_on_the_docker_and_ssh_drivers(site: Site, driver: str) -> None:
+    # The ssh driver's machine is the user's own: its loopback is theirs to reach.
+    jobs = attacks(site.server, loopback="busybox" if driver == "docker" else None)
+    statuses = run_attacks(site.server, site.user(), site.driver(driver), jobs | DAEMON)
     assert statuses == dict.fromkeys(jobs, "failed") | {"daemon": "passed"}
     assert daemons_left() == []
 

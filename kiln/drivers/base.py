@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 
 @dataclass(frozen=True)
@@ -189,3 +191,36 @@ def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
 def niceness_increment(nice: int) -> int:
     """How much to add to this process's niceness to run at `nice` at least."""
     return max(0, nice - os.getpriority(os.PRIO_PROCESS, 0))
+
+
+# What every driver that clones sources and writes text files needs.
+
+
+def display_url(url: str) -> str:
+    """`url` without the password it may hold (https://user:token@host/...)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":xxxxxx@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def clone_directory(source: SourceSpec) -> str:
+    """Where `source` is cloned, relative to the workspace; never outside it."""
+    directory = source.directory or default_directory(source.url)
+    parts = PurePosixPath(directory).parts
+    if not parts or directory.startswith("/") or ".." in parts or "\0" in directory:
+        raise PreparationFailed(f"cannot clone {display_url(source.url)} into {directory!r}")
+    return directory
+
+
+def default_directory(url: str) -> str:
+    """The directory `git clone <url>` would make: the URL's last part, less `.git`."""
+    path = url.rstrip("/")
+    path = path.removesuffix("/.git").rstrip("/")
+    name = re.split(r"[/:]", path)[-1]
+    return name.removesuffix(".git").removesuffix(".bundle")
+
+
+def with_newline(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"

@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import aiodocker
 import aiohttp
@@ -68,8 +67,11 @@ from kiln.drivers.base import (
     Stop,
     StopStatus,
     check_stop,
+    clone_directory,
+    display_url,
     stop_reason,
     stopped_during,
+    with_newline,
 )
 
 log = logging.getLogger(__name__)
@@ -991,33 +993,3 @@ def database_entry(text: str, key: str, fields: int) -> list[str] | None:
         if len(entry) >= fields and entry[column] == key:
             return entry
     return None
-
-
-def display_url(url: str) -> str:
-    """`url` without the password it may hold (https://user:token@host/...)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":xxxxxx@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def clone_directory(source: SourceSpec) -> str:
-    """Where `source` is cloned, relative to the workspace; never outside it."""
-    directory = source.directory or default_directory(source.url)
-    parts = PurePosixPath(directory).parts
-    if not parts or directory.startswith("/") or ".." in parts or "\0" in directory:
-        raise PreparationFailed(f"cannot clone {display_url(source.url)} into {directory!r}")
-    return directory
-
-
-def default_directory(url: str) -> str:
-    """The directory `git clone <url>` would make: the URL's last part, less `.git`."""
-    path = url.rstrip("/")
-    path = path.removesuffix("/.git").rstrip("/")
-    name = re.split(r"[/:]", path)[-1]
-    return name.removesuffix(".git").removesuffix(".bundle")
-
-
-def with_newline(text: str) -> str:
-    return text if not text or text.endswith("\n") else text + "\n"

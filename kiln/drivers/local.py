@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from kiln.core.readiness import readable
 from kiln.drivers import sandbox
@@ -56,9 +56,12 @@ from kiln.drivers.base import (
     StopStatus,
     Workspace,
     check_stop,
+    clone_directory,
+    display_url,
     niceness_increment,
     stop_reason,
     stopped_during,
+    with_newline,
 )
 from kiln.drivers.sandbox import Sandbox
 
@@ -307,32 +310,6 @@ def ssh_command(ssh_dir: Path, keys: list[KeySpec]) -> str:
     return shlex.join(options)
 
 
-def display_url(url: str) -> str:
-    """`url` without the password it may hold (https://user:token@host/...)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":xxxxxx@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def clone_directory(source: SourceSpec) -> str:
-    """Where `source` is cloned, relative to the workspace; never outside it."""
-    directory = source.directory or default_directory(source.url)
-    parts = Path(directory).parts
-    if not parts or Path(directory).is_absolute() or ".." in parts:
-        raise PreparationFailed(f"cannot clone {source.url} into {directory!r}")
-    return directory
-
-
-def default_directory(url: str) -> str:
-    """The directory `git clone <url>` would make: the URL's last part, less `.git`."""
-    path = url.rstrip("/")
-    path = path.removesuffix("/.git").rstrip("/")
-    name = re.split(r"[/:]", path)[-1]
-    return name.removesuffix(".git").removesuffix(".bundle")
-
-
 def place_file(work: Path, placed: PlacedFile) -> None:
     """Copy the object to its destination inside `work`, following no link on the way:
     a cloned repository may hold `conf -> /etc`, and Kiln writes as itself."""
@@ -409,10 +386,6 @@ def write_private(path: Path, text: str, *, append: bool) -> None:
     with os.fdopen(fd, "w") as file:
         os.fchmod(fd, 0o600)
         file.write(text)
-
-
-def with_newline(text: str) -> str:
-    return text if not text or text.endswith("\n") else text + "\n"
 
 
 def remove_tree(path: Path) -> bool:
