@@ -64,7 +64,7 @@ def _fire(services: Services, job: CronJob, now: dt.datetime) -> None:
         with session().begin_nested():
             build = _submit(services, job, due_at)
             if build is not None:
-                events.emit(build.namespace_id, "cron.submitted", build_view(build))
+                events.emit(build.namespace_id, "cron.submitted", lambda: build_view(build))
     except IntegrityError:
         log.info("cron job %s fired for %s by another scheduler", job.id, due_at)
     job.prev_run = due_at

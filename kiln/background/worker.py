@@ -183,7 +183,7 @@ class Run:
                     host_key=driver.host_key,
                 ),
             )
-            events.emit(build.namespace_id, "build.started", build_view(build))
+            events.emit(build.namespace_id, "build.started", lambda: build_view(build))
         return Loaded(build, jobs, parsed, plan)
 
     # -- running -------------------------------------------------------------
@@ -320,6 +320,10 @@ class Run:
         db = self.services.db
         stop_by: float | None = None
         while True:
+            # The claim has just taken the lease: the first renewal can wait a beat.
+            await self.background.idle(
+                f"kill-{self.build_id}", min(settings.lease_seconds / 3, 0.5)
+            )
             killed = await db.run(
                 lambda: queue.renew(db, self.build_id, self.worker, settings.lease_seconds)
             )
@@ -333,9 +337,6 @@ class Run:
             if stop_by is not None and time.monotonic() >= stop_by:
                 self.stopped_by_worker = True
                 self.stop.killed.set()
-            await self.background.idle(
-                f"kill-{self.build_id}", min(settings.lease_seconds / 3, 0.5)
-            )
 
     async def _record_output_size(self) -> None:
         """Bring the running job's `output_size` up to what its output file holds."""
@@ -389,7 +390,7 @@ class Run:
                 return  # a reaper settled it (`worker_lost`), or queued it again
             finish_unstarted(build, status, reason)
             build.worker = None
-            events.emit(build.namespace_id, "build.finished", build_view(build))
+            events.emit(build.namespace_id, "build.finished", lambda: build_view(build))
 
 
 def _job_failure(name: str, result: JobResult) -> str:

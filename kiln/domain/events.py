@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import col, select
@@ -24,8 +25,13 @@ def subscribable() -> frozenset[str]:
     return frozenset(spec.load()["components"]["schemas"]["WebhookEvent"]["enum"])
 
 
-def emit(namespace_id: int | None, event: str, data: dict[str, Any]) -> None:
-    """Queue `event` for every active webhook of the namespace subscribed to it."""
+Data = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def emit(namespace_id: int | None, event: str, data: Data) -> None:
+    """Queue `event` for every active webhook of the namespace subscribed to it. `data`
+    may be a function making it, called only if some webhook wants the event (a build's
+    view costs queries that most builds, in namespaces without webhooks, need not pay)."""
     if event not in subscribable():
         raise ValueError(f"{event} is not a webhook event")
     if namespace_id is None:
@@ -33,9 +39,12 @@ def emit(namespace_id: int | None, event: str, data: dict[str, Any]) -> None:
     webhooks = session().exec(
         select(Webhook).where(Webhook.namespace_id == namespace_id, col(Webhook.active).is_(True))
     )
+    made: dict[str, Any] | None = None
     for webhook in webhooks.all():
         if event in webhook.events.split():
-            queue_delivery(webhook, event, data)
+            if made is None:
+                made = data() if callable(data) else data
+            queue_delivery(webhook, event, made)
 
 
 def queue_delivery(webhook: Webhook, event: str, data: dict[str, Any]) -> WebhookDelivery:
