@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.driver_site import Site, driver_site
+from tests.processes import KilnServe, kiln_env
 from tests.support import (
     Account,
     RunningServer,
@@ -284,3 +285,66 @@ def test_a_name_resolving_to_a_private_address_fails_the_build(strict: RunningSe
     assert build["status"] == "failed"
     assert build["reason"].startswith("preparation_failed: ")
     assert "resolves to 127.0.0.1, which is not a public address" in output
+
+
+def test_qemu_and_drivers_not_enabled_are_501(strict: RunningServer) -> None:
+    texts = [
+        "driver: {type: qemu, image: disk}\n",  # known, not implemented
+        "driver: {type: docker, image: busybox}\n",  # implemented, not enabled here
+    ]
+    with strict.client() as client:
+        for text in texts:
+            full = text + "stages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
+            refused = client.post(B, json={"manifest": full}, headers=user(strict).auth)
+            assert refused.status_code == 501, refused.text
+            assert refused.json()["code"] == "driver_not_enabled"
+
+
+@pytest.mark.parametrize(
+    ("driver", "pointers"),
+    [
+        ("{type: docker}", {"/manifest/driver/image": "required"}),
+        ("{type: local, image: x}", {"/manifest/driver/image": "unknown_field"}),
+        (
+            "{type: ssh, address: 'h:22'}",
+            {
+                "/manifest/driver/user": "required",
+                "/manifest/driver/key": "required",
+                "/manifest/driver/host_key": "required",
+            },
+        ),
+        ("{type: docker, image: 'a b'}", {"/manifest/driver/image": "pattern"}),
+        (
+            "{type: docker, image: x, workspace: 'rel/dir'}",
+            {"/manifest/driver/workspace": "pattern"},
+        ),
+    ],
+)
+def test_driver_fields_are_checked_per_type(
+    strict: RunningServer, driver: str, pointers: dict[str, str]
+) -> None:
+    text = f"driver: {driver}\nstages: [a]\njobs:\n- {{stage: a, commands: ['true']}}\n"
+    with strict.client() as client:
+        refused = client.post(B, json={"manifest": text}, headers=user(strict).auth)
+    assert refused.status_code == 400, refused.text
+    assert {e["pointer"]: e["code"] for e in refused.json()["errors"]} == pointers
+
+
+def test_a_host_that_cannot_confine_jobs_fails_them_saying_how_to_fix_it(
+    tmp_path: Path,
+) -> None:
+    # No bwrap on the worker's PATH: the local driver refuses rather than run unconfined.
+    env = kiln_env(PATH="/nonexistent", KILN_RATE_LIMIT="100000/hour")
+    with KilnServe(tmp_path / "data", env=env) as server, server.client() as client:
+        auth = {"Authorization": f"Bearer {server.admin_token()}"}
+        text = "driver: {type: local}\nstages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
+        submitted = client.post(B, json={"manifest": text}, headers=auth)
+        assert submitted.status_code == 202, submitted.text
+        build = wait_for_build(client, auth, submitted.json()["id"])
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        said = client.get(href, headers=auth).text
+    assert build["status"] == "failed"
+    assert build["reason"].startswith("preparation_failed: the local driver cannot confine jobs")
+    assert "bubblewrap (bwrap) is not installed" in said
+    assert "apt-get install bubblewrap" in said
+    assert "--local-driver-unconfined" in said
