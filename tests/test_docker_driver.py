@@ -40,6 +40,8 @@ from tests import docker_engine
 from tests.docker_engine import BUILDER, ORIGIN, Images
 from tests.support import unique, wait_until
 
+pytestmark = pytest.mark.no_database
+
 T = TypeVar("T")
 BUILD_ID = 7
 

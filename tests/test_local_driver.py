@@ -36,6 +36,8 @@ from kiln.drivers.base import (
 )
 from tests.support import wait_until
 
+pytestmark = pytest.mark.no_database
+
 T = TypeVar("T")
 
 

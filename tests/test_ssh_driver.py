@@ -43,6 +43,8 @@ from kiln.drivers.ssh import SshWorkspace
 from tests.sshd import Sshd, keygen, remote_tmp_fixture, sshd_fixture  # noqa: F401
 from tests.support import wait_until
 
+pytestmark = pytest.mark.no_database
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
