@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.driver_site import Site, driver_site
+from tests.driver_support import processes_running
 from tests.processes import KilnServe, kiln_env
 from tests.support import (
     Account,
@@ -101,16 +102,7 @@ def run_attacks(
 
 
 def daemons_left() -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if f"sleep {SLEEP}" in cmdline:
-                found.append(int(entry.name))
-    return found
+    return processes_running(f"sleep {SLEEP}")
 
 
 @pytest.fixture(scope="module")

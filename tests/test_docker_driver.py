@@ -11,7 +11,6 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +24,6 @@ from kiln.drivers.base import (
     BuildPlan,
     DriverSettings,
     JobResult,
-    JobSpec,
     KeySpec,
     PlacedFile,
     PreparationFailed,
@@ -38,6 +36,7 @@ from kiln.drivers.base import (
 )
 from tests import docker_engine
 from tests.docker_engine import BUILDER, ORIGIN, Images
+from tests.driver_support import Captured, job, make_stop
 from tests.support import unique, wait_until
 
 pytestmark = pytest.mark.no_database
@@ -66,24 +65,6 @@ def settings(tmp_path: Path, images: Images) -> Iterator[DriverSettings]:
     docker_engine.remove_labelled(f"kiln.instance={instance}")
 
 
-@dataclass
-class Captured:
-    """An Output that keeps what it is given, and when."""
-
-    data: bytearray = field(default_factory=bytearray)
-    writes: list[tuple[float, bytes]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-        self.writes.append((time.monotonic(), data))
-        self.arrived.set()
-
-    @property
-    def text(self) -> str:
-        return self.data.decode()
-
-
 def make_plan(image: str = docker_engine.BUSYBOX_IMAGE, **fields: Any) -> BuildPlan:
     target = fields.pop("target", Target(image=image))
     defaults: dict[str, Any] = {
@@ -95,14 +76,6 @@ def make_plan(image: str = docker_engine.BUSYBOX_IMAGE, **fields: Any) -> BuildP
         "keys": [],
     }
     return BuildPlan(**(defaults | fields), target=target)
-
-
-def make_stop(seconds: float = 60) -> Stop:
-    return Stop(killed=asyncio.Event(), deadline=time.monotonic() + seconds)
-
-
-def job(*commands: str) -> JobSpec:
-    return JobSpec(name="build", commands=list(commands), artifacts=[])
 
 
 def in_workspace(
@@ -175,8 +148,8 @@ def kill_when(stop: Stop, ready: Callable[[], Awaitable[object]]) -> asyncio.Tas
 
 async def printed(output: Captured, text: str) -> None:
     while text not in output.text:
-        output.arrived.clear()
-        await output.arrived.wait()
+        output.grew.clear()
+        await output.grew.wait()
 
 
 def environment(text: str) -> dict[str, str]:

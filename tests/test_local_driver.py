@@ -8,7 +8,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +23,6 @@ from kiln.drivers.base import (
     BuildPlan,
     DriverSettings,
     JobResult,
-    JobSpec,
     KeySpec,
     PlacedFile,
     PreparationFailed,
@@ -34,27 +32,11 @@ from kiln.drivers.base import (
     Stop,
     Workspace,
 )
-from tests.support import wait_until
+from tests.driver_support import Captured, job, make_stop, processes_running, wait_gone
 
 pytestmark = pytest.mark.no_database
 
 T = TypeVar("T")
-
-
-@dataclass
-class Captured:
-    """An Output that keeps what it is given, and when."""
-
-    data: bytearray = field(default_factory=bytearray)
-    writes: list[tuple[float, bytes]] = field(default_factory=list)
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-        self.writes.append((time.monotonic(), data))
-
-    @property
-    def text(self) -> str:
-        return self.data.decode()
 
 
 def make_plan(**fields: Any) -> BuildPlan:
@@ -76,14 +58,6 @@ def local_settings(root: Path, kill_grace: float = 1.0, *, confined: bool = True
         local_confined=confined,
         git_protocols="https:http:ssh:git:file",  # the sources here are local repositories
     )
-
-
-def make_stop(seconds: float = 30) -> Stop:
-    return Stop(killed=asyncio.Event(), deadline=time.monotonic() + seconds)
-
-
-def job(*commands: str) -> JobSpec:
-    return JobSpec(name="build", commands=list(commands), artifacts=[])
 
 
 def in_workspace(
@@ -116,19 +90,6 @@ def run_commands(
         return await workspace.run_job(job(*commands), output, stop)
 
     return in_workspace(tmp_path, body, plan=plan, confined=confined)
-
-
-def alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def wait_gone(pid: int) -> bool:
-    return wait_until(lambda: not alive(pid), what=f"process {pid} to be gone")
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -233,20 +194,6 @@ def test_a_killed_unconfined_job_loses_its_whole_process_group(tmp_path: Path) -
     assert elapsed < 4
     assert "echo never" not in output.text
     assert wait_gone(int(pidfile.read_text()))
-
-
-def processes_running(marker: str) -> list[int]:
-    """The host pids of processes whose command line holds `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmdline and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 def test_nothing_a_confined_job_starts_outlives_it(tmp_path: Path) -> None:

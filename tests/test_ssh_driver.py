@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -40,6 +40,7 @@ from kiln.drivers.base import (
     Workspace,
 )
 from kiln.drivers.ssh import SshWorkspace
+from tests.driver_support import Captured, alive, job, make_stop, wait_gone
 from tests.sshd import Sshd, keygen, remote_tmp_fixture, sshd_fixture  # noqa: F401
 from tests.support import wait_until
 
@@ -47,30 +48,6 @@ pytestmark = pytest.mark.no_database
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Captured:
-    """An Output that keeps what it is given, and when."""
-
-    data: bytearray = field(default_factory=bytearray)
-    writes: list[tuple[float, bytes]] = field(default_factory=list)
-    grew: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def write(self, data: bytes) -> None:
-        self.data += data
-        self.writes.append((time.monotonic(), data))
-        self.grew.set()
-
-    async def shows(self, data: bytes) -> None:
-        """Returns once `data` has been written."""
-        while data not in self.data:
-            self.grew.clear()
-            await self.grew.wait()
-
-    @property
-    def text(self) -> str:
-        return self.data.decode()
 
 
 def target_of(server: Sshd) -> Target:
@@ -106,14 +83,6 @@ def make_settings(tmp_path: Path, **fields: Any) -> DriverSettings:
         "git_protocols": "https:http:ssh:git:file",
     }
     return DriverSettings(**(defaults | fields))
-
-
-def make_stop(seconds: float = 60) -> Stop:
-    return Stop(killed=asyncio.Event(), deadline=time.monotonic() + seconds)
-
-
-def job(*commands: str) -> JobSpec:
-    return JobSpec(name="build", commands=list(commands), artifacts=[])
 
 
 def leftovers(server: Sshd, plan: BuildPlan) -> list[Path]:
@@ -169,19 +138,6 @@ def prepare_fails(server: Sshd, tmp_path: Path, plan: BuildPlan, **settings: Any
         asyncio.run(scenario())
     assert leftovers(server, plan) == []
     return str(failed.value)
-
-
-def alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def wait_gone(pid: int) -> bool:
-    return wait_until(lambda: not alive(pid), what=f"process {pid} to be gone")
 
 
 def read_pid(path: Path) -> int:

@@ -16,6 +16,7 @@ hostile: a driver treats every path, name and address in it as chosen by an atta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -191,6 +192,35 @@ def stopped_during(reason: StopStatus, what: str) -> PreparationStopped:
 def niceness_increment(nice: int) -> int:
     """How much to add to this process's niceness to run at `nice` at least."""
     return max(0, nice - os.getpriority(os.PRIO_PROCESS, 0))
+
+
+# What every driver needs to run commands and report how they ended.
+
+# After a command's processes are killed, how long its remaining output may take.
+DRAIN_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a command ended: its exit code, why Kiln stopped it, or why its end is
+    unknown (`lost`: the ssh driver's connection went away)."""
+
+    code: int | None
+    stopped: StopStatus | None = None
+    lost: str | None = None
+
+
+class NotStarted(Exception):
+    """A command could not be started (its program or working directory missing, the
+    machine out of processes, the engine or host refusing); the message says why."""
+
+
+async def drain(pump: asyncio.Task[None], *also: type[BaseException]) -> None:
+    """Waits for the rest of a command's output; gives up on it if a process that left
+    the command's process group (and so survived its killing) still holds it open.
+    `also`: errors of the pump that mean the same (an engine gone)."""
+    with contextlib.suppress(TimeoutError, *also):
+        await asyncio.wait_for(pump, DRAIN_TIMEOUT)
 
 
 # What every driver that clones sources and writes text files needs.

@@ -56,9 +56,11 @@ from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
     DriverSettings,
+    Exit,
     JobResult,
     JobSpec,
     KeySpec,
+    NotStarted,
     Output,
     PlacedFile,
     PreparationFailed,
@@ -69,6 +71,7 @@ from kiln.drivers.base import (
     check_stop,
     clone_directory,
     display_url,
+    drain,
     stop_reason,
     stopped_during,
     with_newline,
@@ -89,8 +92,6 @@ BUILD_LABEL = "kiln.build"
 WORKSPACE_LABEL = "kiln.workspace"
 CHUNK = 1024 * 1024
 BLOCK = tarfile.BLOCKSIZE
-# After a stopped container is gone, how long the rest of its output may take.
-DRAIN_TIMEOUT = 2.0
 # Docker's default capabilities less NET_RAW (raw sockets: spoofing other containers on
 # the bridge), MKNOD, SYS_CHROOT, SETFCAP, SETPCAP and AUDIT_WRITE, which builds do not
 # need. What is kept lets a job running as root in its image do what builds do: chown
@@ -135,14 +136,6 @@ EXTENDED_HEADERS = (
 
 
 @dataclass(frozen=True)
-class Exit:
-    """How a container's command ended: its exit code, or why Kiln stopped it."""
-
-    code: int | None
-    stopped: StopStatus | None = None
-
-
-@dataclass(frozen=True)
 class Identity:
     """Whom the image's processes run as (its USER), so that what Kiln puts into the
     volumes belongs to them."""
@@ -167,10 +160,6 @@ class Entry:
     @property
     def is_directory(self) -> bool:
         return self.data is None and self.source is None
-
-
-class NotStarted(Exception):
-    """A container's command could not be started; the message says why."""
 
 
 class NotExecutable(NotStarted):
@@ -476,7 +465,7 @@ class DockerWorkspace:
             reason = await wait_for_end(pumping, stop)
             if reason is not None:
                 await self._terminate(container)
-                await drain(pumping)
+                await drain(pumping, *ENGINE_ERRORS)
                 return Exit(None, reason)
         code = int((await container.wait())["StatusCode"])
         if code == EXEC_FAILED and (said := pump.init_failure()) is not None:
@@ -738,11 +727,6 @@ async def wait_for_end(pumping: asyncio.Task[None], stop: Stop) -> StopStatus | 
         pumping.result()
         return None
     return "killed" if stop.killed.is_set() else "timed_out"
-
-
-async def drain(pumping: asyncio.Task[None]) -> None:
-    with contextlib.suppress(TimeoutError, *ENGINE_ERRORS):
-        await asyncio.wait_for(pumping, DRAIN_TIMEOUT)
 
 
 async def until_stopped(work: Awaitable[T], stop: Stop, what: str) -> T:

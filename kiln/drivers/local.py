@@ -33,7 +33,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,9 +43,11 @@ from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
     DriverSettings,
+    Exit,
     JobResult,
     JobSpec,
     KeySpec,
+    NotStarted,
     Output,
     PlacedFile,
     PreparationFailed,
@@ -58,6 +59,7 @@ from kiln.drivers.base import (
     check_stop,
     clone_directory,
     display_url,
+    drain,
     niceness_increment,
     stop_reason,
     stopped_during,
@@ -68,18 +70,8 @@ from kiln.drivers.sandbox import Sandbox
 log = logging.getLogger(__name__)
 CHUNK = 64 * 1024
 WORKSPACE_NAME = re.compile(r"build-(\d+)-\w+")  # as prepare() names them
-# After a command's process group is killed, how long its remaining output may take.
-DRAIN_TIMEOUT = 2.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SHELL = "/bin/sh"
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a process ended: its exit code, or why Kiln stopped it."""
-
-    code: int | None
-    stopped: StopStatus | None = None
 
 
 class LocalDriver:
@@ -444,11 +436,6 @@ def nice_program() -> str:
     return shutil.which("nice") or "nice"
 
 
-class NotStarted(Exception):
-    """A process could not be started (its program or working directory missing, the
-    machine out of processes or file descriptors); the message says why."""
-
-
 def not_started(error: OSError) -> NotStarted:
     said = error.strerror or str(error)
     return NotStarted(f"{said}: {error.filename}" if error.filename else said)
@@ -560,13 +547,6 @@ def kill_group(pgid: int) -> None:
 def signal_group(pgid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
         os.killpg(pgid, signum)
-
-
-async def drain(pump: asyncio.Task[None]) -> None:
-    """Waits for the rest of the output; gives up on it if a process that left the
-    process group (and so survived its killing) still holds the pipe open."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(pump, DRAIN_TIMEOUT)
 
 
 def shell_code(returncode: int) -> int:

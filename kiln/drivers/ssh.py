@@ -62,9 +62,11 @@ from kiln.drivers.base import (
     ArtifactSpec,
     BuildPlan,
     DriverSettings,
+    Exit,
     JobResult,
     JobSpec,
     KeySpec,
+    NotStarted,
     Output,
     PlacedFile,
     PreparationFailed,
@@ -76,6 +78,7 @@ from kiln.drivers.base import (
     check_stop,
     clone_directory,
     display_url,
+    drain,
     stop_reason,
     stopped_during,
     with_newline,
@@ -87,8 +90,6 @@ T = TypeVar("T")
 SHELL = "/bin/sh"
 DEFAULT_PORT = 22
 CHUNK = 256 * 1024  # of an artifact, or of a file being placed
-# After a command's process group is killed, how long its remaining output may take.
-DRAIN_TIMEOUT = 2.0
 SIGNAL_TIMEOUT = 30.0  # for a signal to reach a process group
 EXIT_TIMEOUT = 10.0  # for a command to be reported gone once SIGKILLed
 KEEPER_TIMEOUT = 30.0  # for the keeper to start
@@ -198,19 +199,6 @@ class Login:
     user: str
     key: asyncssh.SSHKey
     host_key: asyncssh.SSHKey
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a command ended: its exit code, why Kiln stopped it, or why its end is unknown."""
-
-    code: int | None
-    stopped: StopStatus | None = None
-    lost: str | None = None
-
-
-class NotStarted(Exception):
-    """A command could not be started on the host; the message says why."""
 
 
 class SshDriver:
@@ -986,13 +974,6 @@ async def exited_within(session: StepSession, seconds: float) -> bool:
 async def copy_output(session: StepSession, output: Output) -> None:
     while (chunk := await session.next_chunk()) is not None:
         await output.write(chunk)
-
-
-async def drain(pump: asyncio.Task[None]) -> None:
-    """Waits for the rest of the output; gives up on it if a process that left the
-    process group (and so survived its killing) still holds it open."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(pump, DRAIN_TIMEOUT)
 
 
 def signal_code(name: str) -> int:
