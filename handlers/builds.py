@@ -100,7 +100,7 @@ def kill_build(id: int) -> ConnexionResponse:
 
 def list_build_jobs(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
     page = _page_of_build_rows(Job, id, limit, after)
-    return hal.collection("jobs", [represent_job(j) for j in page.rows], page.links)
+    return hal.collection("jobs", [represent_job(j) for j in page.rows], page)
 
 
 def get_build_job(id: int, job_id: int) -> ConnexionResponse:
@@ -114,7 +114,7 @@ async def get_build_job_output(id: int, job_id: int, follow: bool = False) -> An
 
 def list_build_artifacts(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
     page = _page_of_build_rows(Artifact, id, limit, after)
-    return hal.collection("artifacts", [represent_artifact(a) for a in page.rows], page.links)
+    return hal.collection("artifacts", [represent_artifact(a) for a in page.rows], page)
 
 
 def get_build_artifact(id: int, artifact_id: int) -> ConnexionResponse:
@@ -134,7 +134,7 @@ async def get_build_artifact_content(id: int, artifact_id: int) -> Any:
 
 def list_build_tags(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
     page = _page_of_build_rows(BuildTag, id, limit, after)
-    return hal.collection("tags", [represent_tag(t) for t in page.rows], page.links)
+    return hal.collection("tags", [represent_tag(t) for t in page.rows], page)
 
 
 def add_build_tag(id: int, body: dict[str, Any]) -> ConnexionResponse:
@@ -172,7 +172,7 @@ def list_build_objects(id: int, limit: int = 25, after: str | None = None) -> Co
         }
         for o in page.rows
     ]
-    return hal.collection("objects", items, page.links)
+    return hal.collection("objects", items, page)
 
 
 def list_build_variables(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
@@ -188,7 +188,7 @@ def list_build_variables(id: int, limit: int = 25, after: str | None = None) -> 
         }
         for v in page.rows
     ]
-    return hal.collection("variables", items, page.links)
+    return hal.collection("variables", items, page)
 
 
 def list_build_keys(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
@@ -203,7 +203,7 @@ def list_build_keys(id: int, limit: int = 25, after: str | None = None) -> Conne
         }
         for k in page.rows
     ]
-    return hal.collection("keys", items, page.links)
+    return hal.collection("keys", items, page)
 
 
 def _page_of_builds(
@@ -229,7 +229,7 @@ def _page_of_builds(
         params=caller_params(current_principal()),
         newest_first=True,
     )
-    return hal.collection("builds", build_views(list(page.rows)), page.links)
+    return hal.collection("builds", build_views(list(page.rows)), page)
 
 
 def page_of_builds_where(condition: Any, limit: int, after: str | None) -> ConnexionResponse:

@@ -53,7 +53,7 @@ def list_cron_jobs(
         limit=limit,
         after=after,
     )
-    return hal.collection("cron", [represent_cron_job(j) for j in page.rows], page.links)
+    return hal.collection("cron", [represent_cron_job(j) for j in page.rows], page)
 
 
 def list_namespace_cron_jobs(

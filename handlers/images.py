@@ -59,7 +59,7 @@ def list_images(
         limit=limit,
         after=after,
     )
-    return hal.collection("images", [represent_image(i) for i in page.rows], page.links)
+    return hal.collection("images", [represent_image(i) for i in page.rows], page)
 
 
 def list_namespace_images(

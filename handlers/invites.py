@@ -126,12 +126,12 @@ def list_namespace_invites(id: int, limit: int = 25, after: str | None = None) -
     page = paginate(
         _with_names().where(Invite.namespace_id == id), Invite.id, limit=limit, after=after
     )
-    return hal.collection("invites", [represent_invite(*row) for row in page.rows], page.links)
+    return hal.collection("invites", [represent_invite(*row) for row in page.rows], page)
 
 
 def list_invites(limit: int = 25, after: str | None = None) -> ConnexionResponse:
     page = paginate(_received_by(current_principal()), Invite.id, limit=limit, after=after)
-    return hal.collection("invites", [represent_invite(*row) for row in page.rows], page.links)
+    return hal.collection("invites", [represent_invite(*row) for row in page.rows], page)
 
 
 def get_invite(id: int) -> ConnexionResponse:

@@ -49,7 +49,7 @@ def list_keys(
         limit=limit,
         after=after,
     )
-    return hal.collection("keys", [represent_key(k) for k in page.rows], page.links)
+    return hal.collection("keys", [represent_key(k) for k in page.rows], page)
 
 
 def list_namespace_keys(

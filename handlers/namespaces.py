@@ -71,7 +71,7 @@ def list_namespaces(
         query, Namespace.id, limit=limit, after=after, params=access.caller_params(principal)
     )
     items = [represent_namespace(ns, owner) for ns, owner in page.rows]
-    return hal.collection("namespaces", items, page.links)
+    return hal.collection("namespaces", items, page)
 
 
 def create_namespace(body: dict[str, Any]) -> ConnexionResponse:
@@ -120,7 +120,7 @@ def list_child_namespaces(
         query, Namespace.id, limit=limit, after=after, params=access.caller_params(principal)
     )
     items = [represent_namespace(ns, owner) for ns, owner in page.rows]
-    return hal.collection("namespaces", items, page.links)
+    return hal.collection("namespaces", items, page)
 
 
 def list_collaborators(id: int, limit: int = 25, after: str | None = None) -> ConnexionResponse:
@@ -132,7 +132,7 @@ def list_collaborators(id: int, limit: int = 25, after: str | None = None) -> Co
     page = paginate(select(User).where(col(User.id).in_(grants)), User.id, limit=limit, after=after)
     nearest = namespaces.nearest_grants(id, [u.id for u in page.rows])
     items = [represent_collaborator(user, *nearest[user.id]) for user in page.rows]
-    return hal.collection("collaborators", items, page.links)
+    return hal.collection("collaborators", items, page)
 
 
 def remove_collaborator(id: int, username: str) -> ConnexionResponse:

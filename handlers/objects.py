@@ -59,7 +59,7 @@ def list_objects(
         limit=limit,
         after=after,
     )
-    return hal.collection("objects", [represent_object(o) for o in page.rows], page.links)
+    return hal.collection("objects", [represent_object(o) for o in page.rows], page)
 
 
 def list_namespace_objects(

@@ -65,7 +65,7 @@ def list_tokens(limit: int = 25, after: str | None = None) -> ConnexionResponse:
         limit=limit,
         after=after,
     )
-    return hal.collection("tokens", [represent_token(t) for t in page.rows], page.links)
+    return hal.collection("tokens", [represent_token(t) for t in page.rows], page)
 
 
 def create_token(body: dict[str, Any]) -> ConnexionResponse:

@@ -55,7 +55,7 @@ def list_variables(
         limit=limit,
         after=after,
     )
-    return hal.collection("variables", [represent_variable(v) for v in page.rows], page.links)
+    return hal.collection("variables", [represent_variable(v) for v in page.rows], page)
 
 
 def list_namespace_variables(

@@ -116,7 +116,7 @@ def list_webhooks(id: int, limit: int = 25, after: str | None = None) -> Connexi
     page = paginate(
         select(Webhook).where(Webhook.namespace_id == id), Webhook.id, limit=limit, after=after
     )
-    return hal.collection("webhooks", [represent_webhook(w) for w in page.rows], page.links)
+    return hal.collection("webhooks", [represent_webhook(w) for w in page.rows], page)
 
 
 async def create_webhook(id: int, body: dict[str, Any]) -> ConnexionResponse:
@@ -187,7 +187,7 @@ def list_webhook_deliveries(
     )
     attempts = _attempts([d.id for d in page.rows])
     items = [represent_delivery(webhook, d, attempts.get(d.id or 0, [])) for d in page.rows]
-    return hal.collection("deliveries", items, page.links)
+    return hal.collection("deliveries", items, page)
 
 
 def get_webhook_delivery(id: int, webhook_id: int, delivery_id: int) -> ConnexionResponse:

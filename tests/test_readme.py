@@ -460,7 +460,8 @@ def test_collections_embed_under_the_last_segment_of_their_path() -> None:
             ref = media["schema"].get("$ref", "")
             embedded = schemas.get(ref.rsplit("/", 1)[-1], {}).get("properties", {})
             if "_embedded" in embedded:
-                assert list(embedded["_embedded"]["properties"]) == [last], path
+                named = schemas[embedded["_embedded"]["$ref"].rsplit("/", 1)[1]]
+                assert list(named["properties"]) == [last], path
 
 
 # 3. What else the examples and the tests need

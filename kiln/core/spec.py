@@ -22,6 +22,7 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 @dataclass(frozen=True)
 class OperationInfo:
     operation_id: str
+    handler: str  # the dotted name of the function that serves it
     method: str
     path: str
     produces: tuple[str, ...]
@@ -46,6 +47,13 @@ def parse(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         spec: dict[str, Any] = yaml.load(f, Loader=loader)  # noqa: S506  (a safe loader)
     return spec
+
+
+def handler_name(operation_id: str, tag: str) -> str:
+    """Where an operation's handler is: the snake_case of its camelCase operationId, in
+    the module of its (one) tag: `submitBuild` of `Builds` is `handlers.builds.submit_build`."""
+    function = re.sub(r"(?<!^)(?=[A-Z])", "_", operation_id).lower()
+    return f"handlers.{tag.lower().replace(' ', '_')}.{function}"
 
 
 def resolve(spec: dict[str, Any], node: Any) -> Any:
@@ -76,13 +84,13 @@ def operations() -> dict[str, OperationInfo]:
                     for media in resolve(spec, response).get("content", {}):
                         if media not in produces:
                             produces.append(media)
-            scopes = tuple(s for req in security for s in req.get("oauth2", []))
             out[op["operationId"]] = OperationInfo(
                 operation_id=op["operationId"],
+                handler=handler_name(op["operationId"], op["tags"][0]),
                 method=method.upper(),
                 path=path,
                 produces=tuple(produces),
-                scopes=scopes,
+                scopes=tuple(op.get("x-kiln-scopes", ())),
                 idempotent_create=any(
                     p["in"] == "header" and p["name"] == "Idempotency-Key" for p in params
                 ),
@@ -93,6 +101,8 @@ def operations() -> dict[str, OperationInfo]:
 
 
 def declared_scopes() -> frozenset[str]:
+    """Every scope there is: those of the `oauth2` scheme (operations name theirs in
+    `x-kiln-scopes`, and take the tokens as `bearer` or `basic` credentials)."""
     flows = load()["components"]["securitySchemes"]["oauth2"]["flows"]
     return frozenset(s for flow in flows.values() for s in flow["scopes"])
 

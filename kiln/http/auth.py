@@ -1,9 +1,12 @@
 """Who is calling, and may they: credentials checked once, scopes enforced by connexion.
 
 Bearer tokens and Basic credentials (password or token) both carry scopes, so one
-connexion security handler (registered for the `oauth2` scheme) authenticates
-either and checks the operation's scope. The `basic` scheme in the spec documents
-that Basic is accepted; its own handler defers to the `oauth2` one.
+connexion security handler (registered for the `bearer` scheme) authenticates
+either and checks the operation's scopes. The `basic` scheme in the spec documents
+that Basic is accepted; its own handler defers to the `bearer` one. An operation
+names its scopes in `x-kiln-scopes` (an `oauth2` requirement would have generated
+clients send the token without `Bearer `); they reach the handler as connexion's
+required scopes of the operation's requirements.
 
 Before that, each operation judges the credentials a request brought (once; the
 handler reads the verdict) and counts the request against the rate limit of whom it
@@ -172,7 +175,7 @@ def current_principal() -> Principal:
 
 
 class ScopedCredentialsHandler(AbstractSecurityHandler):  # type: ignore[misc]
-    """Security handler for the `oauth2` scheme: authenticates Bearer or Basic, checks scope."""
+    """Security handler for the `bearer` scheme: authenticates Bearer or Basic, checks scopes."""
 
     def get_fn(
         self, security_scheme: dict[str, Any], required_scopes: list[str]
@@ -203,7 +206,7 @@ class DeferToScopedHandler(AbstractSecurityHandler):  # type: ignore[misc]
         return lambda request: NO_VALUE
 
 
-SECURITY_MAP = {"oauth2": ScopedCredentialsHandler, "basic": DeferToScopedHandler}
+SECURITY_MAP = {"bearer": ScopedCredentialsHandler, "basic": DeferToScopedHandler}
 
 
 class _SecurityHandlerFactory(SecurityHandlerFactory):  # type: ignore[misc]
@@ -231,10 +234,13 @@ class _SecurityAPI(SecurityAPI):  # type: ignore[misc]
             self.security_handler_factory = _SecurityHandlerFactory(
                 self.security_handler_factory.security_handlers
             )
-        return _SecurityOperation.from_operation(
-            operation,
+        # Each requirement (bearer, basic) needs the operation's scopes.
+        scopes = list(spec.operations()[operation.operation_id].scopes)
+        return _SecurityOperation(
             next_app=self.next_app,
             security_handler_factory=self.security_handler_factory,
+            security=[{name: scopes for name in needs} for needs in operation.security],
+            security_schemes=operation.security_schemes,
         )
 
 

@@ -4,7 +4,6 @@ which responses no cache may keep."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from connexion.context import operation as current_operation
 from connexion.lifecycle import ConnexionResponse
@@ -15,6 +14,7 @@ from kiln.core.bodies import link as link
 from kiln.http.asgi import current_scope, header
 from kiln.http.etag import etag_of, none_match, require_match
 from kiln.http.negotiation import HAL_JSON, JSON, choose
+from kiln.http.pagination import Page
 
 _OFFERED = (HAL_JSON, JSON)
 NO_STORE = {"Cache-Control": "no-store"}
@@ -73,8 +73,10 @@ def document(body: Body) -> ConnexionResponse:
     return _respond(dumps(body), 200, {})
 
 
-def collection(name: str, items: list[Body], links: dict[str, Any]) -> ConnexionResponse:
-    return document({"_links": links, "_embedded": {name: items}})
+def collection(name: str, items: list[Body], page: Page) -> ConnexionResponse:
+    """A page of a listing: its items embedded as `name`, its links, and `next_cursor`."""
+    body = {"_links": page.links, "next_cursor": page.next_cursor, "_embedded": {name: items}}
+    return document(body)
 
 
 def no_content() -> ConnexionResponse:

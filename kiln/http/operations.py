@@ -94,15 +94,18 @@ def unit_of_work(handler: Callable[..., Any], op: spec.OperationInfo) -> AsyncHa
 
 
 class UnitOfWorkResolver(Resolver):  # type: ignore[misc]
-    """Resolves each operationId to its handler wrapped in `unit_of_work`."""
+    """Resolves each operationId (`submitBuild`) to its handler (`submit_build` in the
+    module of the operation's tag, `handlers.builds`: `spec.handler_name`), wrapped in
+    `unit_of_work`. The operationId stays the operation's name everywhere else."""
 
     def __init__(self) -> None:
         super().__init__()
         self._wrapped: dict[str, AsyncHandler] = {}
 
     def resolve(self, operation: Any) -> Resolution:
-        resolution = super().resolve(operation)
-        op_id = resolution.operation_id
+        op_id = self.resolve_operation_id(operation)
         if op_id not in self._wrapped:
-            self._wrapped[op_id] = unit_of_work(resolution.function, spec.operations()[op_id])
+            op = spec.operations()[op_id]
+            handler = self.resolve_function_from_operation_id(op.handler)
+            self._wrapped[op_id] = unit_of_work(handler, op)
         return Resolution(self._wrapped[op_id], op_id)

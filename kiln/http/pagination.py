@@ -13,11 +13,11 @@ import orjson
 from sqlmodel import col
 from sqlmodel.sql.expression import Select, SelectOfScalar
 
+from kiln.core.bodies import link
 from kiln.core.principal import Principal
 from kiln.core.problems import Problem
 from kiln.domain import access, resources
 from kiln.http.asgi import current_scope
-from kiln.http.hal import link
 from kiln.store.db import session
 from models import Owned
 
@@ -41,6 +41,7 @@ def decode_cursor(cursor: str) -> int:
 class Page:
     rows: Sequence[Any]
     links: dict[str, Any]
+    next_cursor: str | None  # the `after` of `links["next"]`: clients page without URLs
 
 
 def paginate(
@@ -53,7 +54,7 @@ def paginate(
     newest_first: bool = False,
 ) -> Page:
     """Rows of `query` after the cursor in `key` order (descending when `newest_first`),
-    and the page's self/next links.
+    and the page's self/next links and the cursor of the next page.
 
     `key` is a unique, increasing integer column of the first entity the query
     selects; rows are that entity, or tuples when the query selects more.
@@ -64,11 +65,13 @@ def paginate(
     order = col(key).desc() if newest_first else key
     rows = list(session().exec(query.order_by(order).limit(limit + 1), params=params or {}).all())
     links: dict[str, Any] = {"self": link(_url())}
+    next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1] if isinstance(query, SelectOfScalar) else rows[-1][0]
-        links["next"] = link(_url(after=encode_cursor(getattr(last, key.key))))
-    return Page(rows, links)
+        next_cursor = encode_cursor(getattr(last, key.key))
+        links["next"] = link(_url(after=next_cursor))
+    return Page(rows, links, next_cursor)
 
 
 def _url(**overrides: str) -> str:
