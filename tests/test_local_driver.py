@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +36,7 @@ from kiln.drivers.base import (
     Workspace,
 )
 from tests.driver_support import Captured, job, make_stop, processes_running, wait_gone
+from tests.processes import REPO
 
 pytestmark = pytest.mark.no_database
 
@@ -671,3 +675,70 @@ def test_get_knows_the_drivers(tmp_path: Path) -> None:
         drivers.get("qemu", local_settings(tmp_path))
     with pytest.raises(LookupError):
         drivers.get("nope", local_settings(tmp_path))
+
+
+NOT_ROOT_JOB = """
+import asyncio, sys, time
+from pathlib import Path
+from kiln.drivers import registry
+from kiln.drivers.base import BuildPlan, DriverSettings, JobSpec, Stop
+
+class Printed:
+    async def write(self, data):
+        sys.stdout.write(data.decode())
+
+async def main(root, secret):
+    settings = DriverSettings(root=Path(root), kill_grace=1, hidden=(Path(secret).parent,))
+    plan = BuildPlan(build_id=1, env={}, masked=[], sources=[], files=[], keys=[])
+    stop = Stop(killed=asyncio.Event(), deadline=time.monotonic() + 60)
+    workspace = await registry.get("local", settings).prepare(plan, Printed(), stop)
+    commands = ["id -u", "grep CapEff /proc/self/status", f"cat {secret} || echo unreadable"]
+    result = await workspace.run_job(JobSpec("a", commands, []), Printed(), stop)
+    await workspace.close()
+    print(result.status)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_jobs_are_confined_in_a_user_namespace_when_kiln_is_not_root(
+    request: pytest.FixtureRequest,
+) -> None:
+    # The driver run as an unprivileged user (nobody): bwrap then makes a user namespace.
+    if os.geteuid() != 0:
+        pytest.fail("this test starts the driver as another user, which needs root")
+    # Outside pytest's temporary directories, which only root may enter.
+    top = Path(tempfile.mkdtemp(prefix="kiln-not-root-"))
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    (top / "data").mkdir()
+    secret = top / "data" / "secret.key"
+    secret.write_text("the server's own\n")
+    for path in (top, top / "data", secret):
+        os.chown(path, 65534, 65534)
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            sys.executable,
+            "-c",
+            NOT_ROOT_JOB,
+            str(top / "workspaces"),
+            str(secret),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": os.environ["PATH"], "HOME": str(top), "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "65534" in lines  # the job's user is Kiln's own, mapped into the namespace
+    assert "CapEff:\t0000000000000000" in lines
+    assert "unreadable" in lines  # its own user's file, yet out of the job's sight
+    assert "the server's own" not in done.stdout
+    assert lines[-1] == "passed"
