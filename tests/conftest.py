@@ -69,3 +69,14 @@ def bob(make_user: Callable[..., Account]) -> Account:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The schemathesis run takes minutes on its own: handed out first, it runs beside
+    # the rest of the suite instead of after it, on a worker of its own.
+    def order(item: pytest.Item) -> int:
+        if item.path.name == "test_schemathesis.py":
+            return 0
+        return 1 if item.get_closest_marker("slow") is not None else 2
+
+    items.sort(key=order)
