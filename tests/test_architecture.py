@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.no_database  # the contract, the sources, key parsing: no server
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("kiln", "handlers", "models")
 

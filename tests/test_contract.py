@@ -14,6 +14,8 @@ from openapi_spec_validator import validate
 from kiln.core import spec
 from kiln.core.problems import CATALOGUE
 
+pytestmark = pytest.mark.no_database  # the contract, the sources, key parsing: no server
+
 SPEC = spec.load()
 OPERATIONS = spec.operations()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer.main
 import yaml
 from sqlalchemy.engine import make_url
@@ -25,6 +26,8 @@ from kiln.cli import app
 from kiln.core.config import Settings
 from kiln.core.problems import CATALOGUE
 from kiln.http.idempotency import RETENTION
+
+pytestmark = pytest.mark.no_database  # the contract, the sources, key parsing: no server
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from kiln.domain.sshkeys import MAX_KEY_CHARS, InvalidKey, ParsedKey, parse_private_key
 
+pytestmark = pytest.mark.no_database  # the contract, the sources, key parsing: no server
+
 SSH_KEYGEN = shutil.which("ssh-keygen")
 
 
