@@ -47,19 +47,6 @@ def before_load_schema(context: Any, raw_schema: dict[str, Any]) -> None:
             link["requestBody"] = link["x-kiln-request-body"]
 
 
-@schemathesis.hook
-def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    # Uploads take `*/*`. Schemathesis sends bytes drawn for it with whichever
-    # serializer it picks: for `*/*` itself or any `multipart/*` type that is a
-    # multipart/form-data body with no parts at all. Bytes for "any type" go out as
-    # application/octet-stream instead; real forms are left alone.
-    media_type = (case.media_type or "").lower()
-    if media_type == "*/*" or (
-        media_type.startswith("multipart/") and not isinstance(case.body, dict)
-    ):
-        case.media_type = "application/octet-stream"
-
-
 @schemathesis.check
 def created_resources_stay_available(ctx: Any, response: Any, case: Any) -> bool | None:
     """Schemathesis' ensure_resource_availability, knowing what else removes a resource.

@@ -1,5 +1,9 @@
 """Upload bodies read as they arrive: the raw body, or the `file` part of a
-multipart/form-data body, parsed incrementally so that no upload is held whole."""
+multipart/form-data body, parsed incrementally so that no upload is held whole.
+
+The contract names one type for uploads, raw `application/octet-stream`, the one
+every generated client sends; a raw body of another type is kept with that type, and
+a multipart body is still read for clients written before the contract named one."""
 
 from __future__ import annotations
 

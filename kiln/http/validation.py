@@ -274,11 +274,12 @@ class ReusedValidationOperation(RequestValidationOperation):  # type: ignore[mis
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._parameter_validator.validate(scope)
-        if self._operation.request_body and self._streamed:
-            # Uploads are streamed to storage by their handler, never read whole here.
-            mime_type, _ = self.extract_content_type(scope["headers"])
-            self.validate_mime_type(mime_type)
-        elif self._operation.request_body:
+        # Uploads (streamed bodies) are read by their handler as they arrive, never whole
+        # here, and take any media type: the contract names application/octet-stream, the
+        # one type every generated client sends, and a body of another type is taken as
+        # raw bytes of that type (or, as before the contract named one type, as the `file`
+        # part of a multipart/form-data body).
+        if self._operation.request_body and not self._streamed:
             # As connexion's RequestValidationOperation does it, but no body goes unvalidated.
             mime_type = self._body_media_type(scope)
             schema = self._operation.body_schema(mime_type)
