@@ -9,6 +9,7 @@ the host succeed, which shows that each check can fail.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def attacks(server: RunningServer, *, loopback: str | None = "bash") -> dict[str
 def hostile_manifest(driver: str, jobs: dict[str, str]) -> str:
     lines = [f"driver: {driver}", "stages: [attack]", "allow_failures: [attack]", "jobs:"]
     for name, command in jobs.items():
-        lines += ["- stage: attack", f"  name: {name}", f"  commands: [{command!r}]"]
+        lines += ["- stage: attack", f"  name: {name}", f"  commands: [{json.dumps(command)}]"]
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +113,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 
 # Started by a job that then ends: it must not outlive the job.
-DAEMON = {"daemon": f"setsid sleep {SLEEP} >/dev/null 2>&1 </dev/null &"}
+# The job waits until the daemon has its own session (field 6 of /proc/<pid>/stat), so
+# that it has escaped the job's process group before the job ends.
+SESSION_OF = "$(cut -d' ' -f6 /proc/{}/stat)"
+ESCAPED = f'[ "{SESSION_OF.format("$d")}" != "{SESSION_OF.format("$$")}" ]'
+DAEMON = {
+    "daemon": f"setsid sleep {SLEEP} >/dev/null 2>&1 </dev/null & d=$!; i=0;"
+    f" until {ESCAPED} || [ $i -ge 100 ]; do i=$((i+1)); sleep 0.05; done"
+}
 
 
 def test_every_attack_fails_on_the_confined_local_driver(confined: RunningServer) -> None:
