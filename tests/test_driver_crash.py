@@ -69,9 +69,10 @@ def test_a_killed_worker_leaves_no_container_or_volume(tmp_path: Path, image: st
         token = first.admin_token()
         build_id = start_build(first, token, f"{{type: docker, image: {image}}}")
         label = f"kiln.build={build_id}"
-        assert docker_engine.labelled("container", label) != []
+        running = lambda: docker_engine.labelled("container", label) != []  # noqa: E731
+        wait_until(running, what="the build's container to be listed")
         first.stop(signal.SIGKILL)
-    assert docker_engine.labelled("container", label) != []  # the crash left them
+    wait_until(running, what="the crashed build's container to be listed")  # the crash left it
     with KilnServe(data, env=env) as second:
         build = lost(second, token, build_id)
         assert build["status"] == "failed"
