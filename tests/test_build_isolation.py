@@ -183,6 +183,16 @@ def test_an_object_is_never_placed_outside_the_workspace(confined: RunningServer
     assert not outside.exists()
 
 
+def built(server: RunningServer, who: Account, text: str) -> tuple[dict[str, Any], str]:
+    """The build of manifest `text` once it has finished, and its first job's output."""
+    with server.client() as client:
+        submitted = client.post(B, json={"manifest": text}, headers=who.auth)
+        assert submitted.status_code == 202, submitted.text
+        build = wait_for_build(client, who.auth, submitted.json()["id"])
+        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
+        return build, client.get(href, headers=who.auth).text
+
+
 def placing(entry: str, command: str) -> str:
     return (
         f"driver: {{type: local}}\nobjects: [{entry!r}]\nstages: [a]\n"
@@ -199,12 +209,7 @@ def test_a_command_that_cannot_be_started_fails_its_build_and_says_why(
         "driver: {type: local}\nstages: [test]\njobs:\n"
         '- stage: test\n  commands: [\'rm -rf "$PWD"\', "true"]\n'
     )
-    with unconfined.client() as client:
-        submitted = client.post(B, json={"manifest": text}, headers=bob.auth)
-        assert submitted.status_code == 202, submitted.text
-        build = wait_for_build(client, bob.auth, submitted.json()["id"])
-        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
-        output = client.get(href, headers=bob.auth).text
+    build, output = built(unconfined, bob, text)
     assert "kiln: cannot run /bin/sh: No such file or directory" in output
     assert build["status"] == "failed"
     assert build["reason"].startswith("command_not_started: test.1: cannot run /bin/sh")
@@ -276,12 +281,7 @@ def test_a_name_resolving_to_a_private_address_fails_the_build(strict: RunningSe
         "driver: {type: local}\nsources: ['https://localhost/app.git']\n"
         "stages: [a]\njobs:\n- {stage: a, commands: ['true']}\n"
     )
-    with strict.client() as client:
-        submitted = client.post(B, json={"manifest": text}, headers=bob.auth)
-        assert submitted.status_code == 202, submitted.text
-        build = wait_for_build(client, bob.auth, submitted.json()["id"])
-        href = build["_embedded"]["jobs"][0]["_links"]["output"]["href"]
-        output = client.get(href, headers=bob.auth).text
+    build, output = built(strict, bob, text)
     assert build["status"] == "failed"
     assert build["reason"].startswith("preparation_failed: ")
     assert "resolves to 127.0.0.1, which is not a public address" in output

@@ -56,7 +56,6 @@ from models import Artifact, Build, BuildKey, BuildObject, BuildVariable, Job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CHUNK = 1 << 20
 
 
 async def run(background: Background) -> None:

@@ -18,7 +18,6 @@ from kiln.core.problems import FieldError, validation_failed
 
 MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32  # collections in collections; a real manifest needs 4
-DRIVER_TYPES = ("local", "docker", "qemu", "ssh")
 ARROW = "=>"
 
 
